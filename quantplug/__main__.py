@@ -1,0 +1,3 @@
+from quantplug.cli import main
+
+main()
