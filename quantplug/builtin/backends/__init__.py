@@ -1,12 +1,20 @@
 """Built-in backends: ONNX Runtime (embedded python-backend model or the container's onnxruntime_onnx)
-and TensorRT. Each declares the scheme its runtime executes fast; ``prepare`` obeys it from the start."""
+and TensorRT. Each declares the scheme its runtime executes fast; ``prepare`` obeys it from the start.
+
+A backend fills a Triton model folder for the repository writer (:mod:`quantplug.triton.repository`):
+``configure(config, flavour=..., kind=..., threads=..., options=...)`` sets platform/backend, instance
+kind and parameters on the ``ModelConfig`` protobuf, and ``write_model(version_dir, onnx_path, config,
+flavour=..., options=...)`` writes the version folder's files.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 from quantplug.hookspecs import hookimpl
 from quantplug.registry import Scheme
+
+__all__ = ["ONNXRUNTIME_SCHEME", "TENSORRT_SCHEME", "register_backends"]
 
 ONNXRUNTIME_SCHEME = Scheme(
     name="onnxruntime",
@@ -26,15 +34,10 @@ TENSORRT_SCHEME = Scheme(
 )
 
 
-@dataclass(frozen=True)
-class _SchemeOnlyBackend:
-    name: str
-    description: str
-    scheme: Scheme
-
-
 @hookimpl
-def register_backends(register):  # type: ignore[no-untyped-def]
-    register(_SchemeOnlyBackend("onnxruntime", "ONNX Runtime (CPU): UINT8 activations, INT8 per-channel weights",
-                                ONNXRUNTIME_SCHEME))
-    register(_SchemeOnlyBackend("tensorrt", "TensorRT 10+ explicit quantization: symmetric INT8", TENSORRT_SCHEME))
+def register_backends(register: Any) -> None:
+    from .onnxruntime import OnnxRuntimeBackend
+    from .tensorrt import TensorRTBackend
+
+    register(OnnxRuntimeBackend(ONNXRUNTIME_SCHEME))
+    register(TensorRTBackend(TENSORRT_SCHEME))
