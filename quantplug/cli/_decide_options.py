@@ -1,0 +1,45 @@
+"""Options shared by ``advise``, ``tune`` and ``sensitivity``: how a model and its data are named."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..errors import ConfigError
+
+
+def model_args_from(workload: str | None, model_spec: str | None, data_spec: str | None) -> tuple[str, ...]:
+    """The ``--workload W`` or ``--model SPEC --data SPEC`` part of a command line."""
+    if workload and (model_spec or data_spec):
+        raise ConfigError("give either --workload or --model/--data, not both")
+    if workload:
+        return ("--workload", workload)
+    if model_spec or data_spec:
+        if not (model_spec and data_spec):
+            raise ConfigError("--model and --data go together; give both (or --workload W)")
+        return ("--model", model_spec, "--data", data_spec)
+    return ("--workload", "mnist-cnn")
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--workload W`` or ``--model SPEC --data SPEC``."""
+    f = click.option("--data", "data_spec", default=None, metavar="SPEC",
+                     help="Data factory for --model (see `quantplug quantize --help`).")(f)
+    f = click.option("--model", "model_spec", default=None, metavar="SPEC",
+                     help="A trained model: module.py:factory or package.module:factory.")(f)
+    f = click.option("--workload", default=None, help="A registered workload (see `quantplug plugins`).")(f)
+    return f
+
+
+def load_model_and_workload(registry: Any, workload: str | None, model_spec: str | None, data_spec: str | None,
+                            *, seed: int = 0, progress: bool = True) -> tuple[Any, Any]:
+    """The FP32 model and the workload-like object that provides its data and metric."""
+    model_args_from(workload, model_spec, data_spec)  # validates the combination
+    if workload is None and model_spec is None:
+        raise ConfigError("name the model: --workload W (see `quantplug plugins`) or --model SPEC --data SPEC")
+    if workload is not None:
+        wl = registry.workload(workload)
+        return wl.build_model(seed=seed, progress=progress), wl
+    raise ConfigError("--model/--data is not available yet; use --workload W")

@@ -1,0 +1,153 @@
+"""The data ``tune`` and ``sensitivity`` decide on: a validation split carved from the training data.
+
+The held-out test set is never used to make a decision; it only gives the final reported numbers. The
+validation rows are the first batches of one seeded training epoch; calibration and training batches
+are the workload's own, with those rows removed (matched by content), so no decision is made on data
+the model was calibrated or fine-tuned on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DecisionData", "predict"]
+
+VAL_SEED = 7919  # the seeded epoch whose first batches become the validation split
+
+
+def _row_hashes(inputs: tuple[torch.Tensor, ...]) -> list[str]:
+    n = inputs[0].shape[0]
+    arrays = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in inputs]
+    return [hashlib.sha1(b"".join(a[i].tobytes() for a in arrays)).hexdigest() for i in range(n)]
+
+
+def _keep(inputs: tuple[torch.Tensor, ...], held: set[str]) -> torch.Tensor | None:
+    """Boolean mask of rows not in ``held`` (None when every row is kept)."""
+    import torch
+
+    mask = torch.tensor([h not in held for h in _row_hashes(inputs)], dtype=torch.bool)
+    return None if bool(mask.all()) else mask
+
+
+def predict(model: Any, inputs: tuple[torch.Tensor, ...], batch_size: int = 256) -> np.ndarray:
+    """The model's first output over ``inputs`` in batches, without gradients, as numpy."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for start in range(0, inputs[0].shape[0], batch_size):
+            out = model(*(t[start : start + batch_size] for t in inputs))
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            elif isinstance(out, dict):
+                out = next(iter(out.values()))
+            outs.append(out.detach().float().cpu().numpy())
+    return np.concatenate(outs)
+
+
+@dataclass
+class DecisionData:
+    """Validation inputs/targets plus calibration and training streams that exclude them."""
+
+    workload: Any
+    val_inputs: tuple[torch.Tensor, ...]
+    val_labels: torch.Tensor | None
+    held: set[str]
+    batch_size: int
+    seed: int
+
+    @classmethod
+    def carve(cls, workload: Any, val_size: int = 500, batch_size: int = 32, seed: int = 0) -> DecisionData:
+        """Take about ``val_size`` rows of the training data as the validation split."""
+        import torch
+
+        if val_size < 1:
+            raise ConfigError(f"validation size {val_size} must be at least 1 (500 recommended)")
+        want = math.ceil(val_size / batch_size)
+        parts: list[tuple[torch.Tensor, ...]] = []
+        labels: list[torch.Tensor] = []
+        for i, (inputs, y) in enumerate(workload.train_batches(batch_size, seed=VAL_SEED + seed)):
+            if i >= want:
+                break
+            parts.append(tuple(inputs))
+            if y is not None:
+                labels.append(y)
+        if not parts:
+            raise ConfigError(f"workload {workload.name} yields no training batches; a validation split needs data")
+        val_inputs = tuple(torch.cat([p[k] for p in parts])[:val_size] for k in range(len(parts[0])))
+        val_labels = torch.cat(labels)[:val_size] if labels else None
+        return cls(workload, val_inputs, val_labels, set(_row_hashes(val_inputs)), batch_size, seed)
+
+    @property
+    def val_rows(self) -> int:
+        return int(self.val_inputs[0].shape[0])
+
+    def targets(self, fp_model: Any) -> np.ndarray:
+        """What ``workload.score`` compares against: labels, or the FP32 model's outputs (fidelity)."""
+        if self.val_labels is not None and getattr(self.workload, "has_labels", True):
+            return self.val_labels.numpy()
+        return predict(fp_model, self.val_inputs)
+
+    def score(self, model: Any, targets: np.ndarray) -> float:
+        """The workload's primary metric of ``model`` on the validation split."""
+        metric = getattr(self.workload, "metric", "accuracy")
+        return float(self.workload.score(predict(model, self.val_inputs), targets)[metric])
+
+    def calibration(self, num_batches: int, batch_size: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+        """``num_batches`` input batches from the training data, validation rows removed."""
+        bs = batch_size or self.batch_size
+        out: list[tuple[torch.Tensor, ...]] = []
+        stream = self.workload.calibration_batches(bs, seed=self.seed, num_batches=num_batches * 2 + 2)
+        for batch in stream:
+            inputs = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+            mask = _keep(inputs, self.held)
+            if mask is not None:
+                if not bool(mask.any()):
+                    continue
+                inputs = tuple(t[mask] for t in inputs)
+            out.append(inputs)
+            if len(out) >= num_batches:
+                break
+        return out
+
+    def available_rows(self) -> int:
+        """How many training rows remain outside the validation split (one epoch)."""
+        return sum(int(inputs[0].shape[0]) for inputs, _ in self.training_epoch(0))
+
+    def training_epoch(self, epoch: int, batch_size: int | None = None) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        """One epoch of ``(inputs, labels)`` with the validation rows removed."""
+        bs = batch_size or self.batch_size
+        for inputs, labels in self.workload.train_batches(bs, seed=self.seed * 1000 + epoch + 1):
+            inputs = tuple(inputs)
+            mask = _keep(inputs, self.held)
+            if mask is not None:
+                if not bool(mask.any()):
+                    continue
+                inputs = tuple(t[mask] for t in inputs)
+                labels = labels[mask] if labels is not None else None
+            yield inputs, labels
+
+
+class TrainingStream:
+    """A re-iterable training stream: every ``iter()`` is the next epoch (for QAT/QAD)."""
+
+    def __init__(self, data: DecisionData, batch_size: int | None = None) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self.data.training_epoch(epoch, self.batch_size)

@@ -1,0 +1,418 @@
+"""``tune``: reach an accuracy budget automatically, cheapest first.
+
+1. PTQ with every registered calibration-only method and calibrator; keep the best.
+2. Over budget: per-layer sensitivity, then the most sensitive layers fall back one at a time
+   (INT4 -> INT8, then INT8 -> FP), each fallback's size cost reported.
+3. Still over: quantization-aware training with labels (QAT) or distillation without (QAD), retried at
+   a lower learning rate when it diverges.
+4. Stop at the first configuration within budget, or at the time budget with the best so far.
+
+Every decision uses a validation split carved from the training data; the held-out test set gives only
+the final reported numbers. After every trial the best-so-far model and recipe are saved into the output
+folder (shielded from Ctrl-C), in the layout of ``quantplug quantize --output`` plus ``trials.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, QuantplugError, TrainingDivergedError
+from ..recipe import LayerOverride, QuantRecipe
+from ..report.io import write_json_atomic
+from . import _engine
+from .advise import METHOD_COSTS, Advice, Situation, advise, infer_model_kind
+from .data import DecisionData, TrainingStream, predict
+from .sensitivity import LayerSensitivity, analyse, model_size_bytes, quantized_layers
+from .trials import BudgetExceeded, Deadline, Trial, better, format_trials, shielded
+
+__all__ = ["TuneOptions", "TuneResult", "Tuner", "tune"]
+
+MIN_CALIB_SAMPLES = 512  # fewer calibration inputs than this give noisy ranges: warn and take more
+LR_RETRIES = (1.0, 0.1, 0.01)  # QAT/QAD learning-rate factors tried when training diverges
+STAGE_OF = {"ptq": "ptq", "fallback": "mixed"}  # trial stage -> METHOD_COSTS key (training stages: the method)
+
+
+@dataclass
+class TuneOptions:
+    max_drop: float
+    weight_bits: int = 8
+    target: str = "onnxruntime"
+    time_budget_min: float | None = None
+    seed: int = 0
+    calib_batches: int = 32
+    calib_batch_size: int = 32
+    val_size: int = 500
+    qat_epochs: int = 3
+    sensitivity_calib_batches: int = 8
+    measure_speed: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.max_drop >= 0:
+            raise ConfigError(f"--max-drop {self.max_drop} must be a non-negative number of points")
+        if self.weight_bits not in (4, 8):
+            raise ConfigError(f"--weight-bits {self.weight_bits} is not supported; use 8 or 4")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise ConfigError(f"--time-budget {self.time_budget_min} must be a positive number of minutes")
+
+
+@dataclass
+class TuneResult:
+    trials: list[Trial]
+    winner: Trial | None
+    fp_score: float
+    metric: str
+    advice: Advice
+    explanation: str
+    stopped: str  # "within budget", "time budget", "interrupted", "searched everything"
+    output: Path
+    test: dict[str, Any] = field(default_factory=dict)
+    sensitivity: dict[str, list[LayerSensitivity]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_drop": self.advice.situation.max_drop,
+            "metric": self.metric,
+            "fp32_validation": self.fp_score,
+            "stopped": self.stopped,
+            "winner": self.winner.index if self.winner else None,
+            "winning_recipe": self.winner.recipe if self.winner else None,
+            "explanation": self.explanation,
+            "advice": self.advice.to_dict(),
+            "test": self.test,
+            "warnings": self.warnings,
+            "sensitivity": {k: [r.to_dict() for r in v] for k, v in self.sensitivity.items()},
+            "trials": [t.to_dict() for t in self.trials],
+        }
+
+
+class _Stop(Exception):  # noqa: N818 - control flow: a configuration met the budget
+    pass
+
+
+class Tuner:
+    """One tuning run over ``model`` and ``workload`` into ``output``."""
+
+    def __init__(self, model: Any, workload: Any, options: TuneOptions, output: str | Path, *,
+                 registry: Any = None, log: Callable[[str], None] = print) -> None:
+        from ..registry import build_registry
+
+        self.model = model.eval()
+        self.workload = workload
+        self.opt = options
+        self.output = Path(output)
+        self.registry = registry or build_registry()
+        self.log = log
+        self.metric = getattr(workload, "metric", "accuracy")
+        self.trials: list[Trial] = []
+        self.best: Trial | None = None
+        self.warnings: list[str] = []
+        self.sensitivity: dict[str, list[LayerSensitivity]] = {}
+        self.deadline = Deadline(None if options.time_budget_min is None else options.time_budget_min * 60)
+        self.has_labels = bool(getattr(workload, "has_labels", True))
+        self.advice = advise(
+            Situation(max_drop=options.max_drop, training_data=self.has_labels,
+                      model_kind=infer_model_kind(model), weight_bits=options.weight_bits),
+            model_args=("--workload", getattr(workload, "name", "?")), output=str(self.output))
+        self.output.mkdir(parents=True, exist_ok=True)
+
+    # --- helpers --------------------------------------------------------------------------------------
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.log(f"warning: {message}")
+
+    def _base_recipe(self) -> QuantRecipe:
+        return QuantRecipe(method="ptq", target=self.opt.target, weight_bits=self.opt.weight_bits,
+                           calib_batches=self.calib_batches, calib_batch_size=self.opt.calib_batch_size,
+                           qat_epochs=self.opt.qat_epochs, seed=self.opt.seed)
+
+    def _quantize(self, recipe: QuantRecipe, *, calib_batches: int | None = None, train: bool = False) -> Any:
+        calib = self.data.calibration(calib_batches or recipe.calib_batches, recipe.calib_batch_size)
+        train_data = TrainingStream(self.data) if train else None
+        return _engine.quantize(copy.deepcopy(self.model), recipe, calib, train_data, workload=self.workload,
+                                registry=self.registry, progress=self.opt.progress, quiet_thin=True)
+
+    def _check_calibration(self) -> None:
+        """Thin calibration: fewer than MIN_CALIB_SAMPLES inputs -> warn and take more batches."""
+        bs = self.opt.calib_batch_size
+        self.calib_batches = self.opt.calib_batches
+        if self.calib_batches * bs >= MIN_CALIB_SAMPLES:
+            return
+        available = self.data.available_rows()
+        wanted = math.ceil(min(MIN_CALIB_SAMPLES, available) / bs)
+        if wanted > self.calib_batches:
+            self._warn(f"thin calibration: {self.calib_batches} batches x {bs} = {self.calib_batches * bs} inputs "
+                       f"give noisy ranges; using {wanted} batches ({wanted * bs} inputs)")
+            self.calib_batches = wanted
+        if available < MIN_CALIB_SAMPLES:
+            self._warn(f"only {available} training inputs remain outside the validation split; ranges may be "
+                       "noisy (add calibration data or lower --val-size)")
+
+    # --- one trial ------------------------------------------------------------------------------------
+    def trial(self, stage: str, config: str, recipe: QuantRecipe, *, train: bool = False, note: str = "") -> Trial:
+        t = Trial(index=len(self.trials) + 1, stage=stage, config=config, recipe=recipe.to_dict(), note=note)
+        started = time.perf_counter()
+        self.trials.append(t)
+        try:
+            with self.deadline.armed():
+                qmodel = self._quantize(recipe, train=train)
+                t.score = self.data.score(qmodel, self.targets)
+        except QuantplugError as e:
+            t.error = f"{type(e).__name__}: {e}"
+            t.seconds = time.perf_counter() - started
+            self.log(f"[{t.index}] {config}: failed ({t.error})")
+            self._save_trials()
+            if isinstance(e, TrainingDivergedError):
+                raise
+            return t
+        t.seconds = time.perf_counter() - started
+        t.drop = self.fp_score - t.score
+        t.within_budget = t.drop <= self.opt.max_drop
+        t.size_bytes = model_size_bytes(qmodel)
+        if self.opt.measure_speed:
+            t.latency_ms = _engine.latency_ms(qmodel, self.workload)
+        self.log(f"[{t.index}] {config}: val {self.metric} {t.score:.2f} (drop {t.drop:+.2f}), "
+                 f"{t.size_bytes / 1024:.1f} KiB, {t.seconds:.1f}s{'  within budget' if t.within_budget else ''}")
+        if better(t, self.best):
+            self.best = t
+            with shielded():
+                _engine.write_artifacts(self.output, qmodel, self.model, recipe, self.workload,
+                                        self._metrics(t))
+        self._save_trials()
+        return t
+
+    def _metrics(self, t: Trial) -> dict[str, Any]:
+        return {"workload": getattr(self.workload, "name", None), "metric": self.metric,
+                "validation": {"fp32": self.fp_score, "quantized": t.score, "drop": t.drop},
+                "size_bytes": t.size_bytes, "trial": t.index, "tuned": True}
+
+    def _save_trials(self, extra: dict[str, Any] | None = None) -> None:
+        with shielded():
+            write_json_atomic(self.output / "trials.json", {
+                "max_drop": self.opt.max_drop, "metric": self.metric, "fp32_validation": self.fp_score,
+                "best": self.best.index if self.best else None, **(extra or {}),
+                "trials": [t.to_dict() for t in self.trials]})
+
+    # --- the ladder -----------------------------------------------------------------------------------
+    def _ptq_methods(self) -> list[Any]:
+        methods = [self.registry.method(n) for n in self.registry.names("methods")]
+        cal_only = [m for m in methods if not getattr(m, "needs_training_data", False)
+                    and getattr(m, "needs_calibration", True)]
+        return sorted(cal_only, key=lambda m: (m.name != "ptq", m.name))
+
+    def stage_ptq(self) -> Trial | None:
+        base = self._base_recipe()
+        stage_best: Trial | None = None
+        for method in self._ptq_methods():
+            for cal in self.registry.names("calibrators"):
+                recipe = base.replace(method=method.name, calibrator=cal)
+                t = self.trial("ptq", f"{method.name}/{cal} int{self.opt.weight_bits}", recipe)
+                if t.score is not None and (stage_best is None or t.score > (stage_best.score or -math.inf)):
+                    stage_best = t
+        if stage_best is not None and stage_best.within_budget:
+            raise _Stop
+        return stage_best
+
+    def stage_fallback(self, base_trial: Trial | None) -> list[Trial]:
+        """Per-layer sensitivity, then fall the most sensitive layers back one at a time."""
+        if base_trial is None:
+            return []
+        recipe = QuantRecipe.from_dict(base_trial.recipe)
+        made: list[Trial] = []
+        levels = [4, 8] if recipe.weight_bits == 4 else [8]
+        overrides: dict[str, LayerOverride] = {}
+        for bits in levels:
+            level_base = recipe.replace(weight_bits=bits, granularity="per-channel",
+                                        layer_overrides={k: asdict(v) for k, v in overrides.items()})
+            rows = self._sensitivity(level_base)
+            if not rows:
+                continue
+            previous = made[-1] if made else base_trial
+            up = "int8" if bits == 4 else "fp32"
+            for n, row in enumerate(rows, start=1):
+                if bits == 8 and n >= len(rows):
+                    break  # every layer in FP would be the FP32 model
+                overrides[row.layer] = LayerOverride(weight_bits=8) if bits == 4 else LayerOverride(fp=True)
+                r = level_base.replace(layer_overrides={k: asdict(v) for k, v in overrides.items()})
+                fallen = [k for k, v in overrides.items() if (v.fp if bits == 8 else v.weight_bits == 8)]
+                t = self.trial("fallback", f"int{bits}, {len(fallen)} layer(s) -> {up} (+{row.layer})", r,
+                               note="")
+                if t.size_bytes is not None and previous.size_bytes is not None:
+                    t.note = (f"{row.layer} int{bits}->{up}: size {(t.size_bytes - previous.size_bytes) / 1024:+.1f}"
+                              f" KiB")
+                    if t.latency_ms is not None and previous.latency_ms is not None:
+                        t.note += f", latency {t.latency_ms - previous.latency_ms:+.2f} ms"
+                made.append(t)
+                previous = t
+                if t.within_budget:
+                    self._save_trials()
+                    raise _Stop
+            if bits == 4:  # every layer now at INT8: go on from plain INT8
+                overrides = {}
+        return made
+
+    def _sensitivity(self, base: QuantRecipe) -> list[LayerSensitivity]:
+        key = f"int{base.weight_bits}"
+        self.log(f"sensitivity analysis ({key}, one layer at a time on the validation split)...")
+        cb = min(self.opt.sensitivity_calib_batches, base.calib_batches)
+
+        def quantize(model: Any, recipe: QuantRecipe) -> Any:
+            return self._quantize(recipe.replace(layer_overrides={
+                **{k: asdict(v) for k, v in base.layer_overrides.items()},
+                **{k: asdict(v) for k, v in recipe.layer_overrides.items()}}), calib_batches=cb)
+
+        layers = [name for name in quantized_layers(self._quantize(base, calib_batches=cb))
+                  if name not in base.layer_overrides]
+        with self.deadline.armed():
+            rows = analyse(self.model, base.replace(layer_overrides={}), self.data, quantize,
+                           fp_score=self.fp_score, targets=self.targets, layers=layers, progress=self.opt.progress)
+        self.sensitivity[key] = rows
+        for r in rows[:8]:
+            self.log(f"  {r.layer:<30} {r.kind:<10} drop {r.drop:+.2f}")
+        return rows
+
+    def _training_methods(self) -> list[Any]:
+        methods = [self.registry.method(n) for n in self.registry.names("methods")]
+        trainers = [m for m in methods if getattr(m, "needs_training_data", False)
+                    and (self.has_labels or not getattr(m, "needs_labels", False))]
+        # Labelled data: QAT-like (label loss) first; otherwise distillation. Built-ins before plugins.
+        return sorted(trainers, key=lambda m: (not getattr(m, "needs_labels", False) if self.has_labels else 0,
+                                               m.name not in ("qat", "qad"), m.name))
+
+    def stage_train(self, ptq_best: Trial | None, fallbacks: list[Trial]) -> None:
+        bases: list[tuple[str, QuantRecipe]] = []
+        if ptq_best is not None:
+            bases.append((f"int{self.opt.weight_bits}", QuantRecipe.from_dict(ptq_best.recipe)))
+        if fallbacks:
+            last = fallbacks[-1]
+            bases.append((last.config.split(" (+")[0], QuantRecipe.from_dict(last.recipe)))
+        if not bases:
+            bases.append((f"int{self.opt.weight_bits}", self._base_recipe()))
+        for label, base in bases:
+            for method in self._training_methods():
+                for factor in LR_RETRIES:
+                    recipe = base.replace(method=method.name, qat_epochs=self.opt.qat_epochs,
+                                          lr_scale=min(1.0, base.lr_scale * factor))
+                    config = f"{method.name} {self.opt.qat_epochs} ep, lr x{recipe.lr_scale:g}, {label}"
+                    try:
+                        t = self.trial(method.name, config, recipe, train=True)
+                    except TrainingDivergedError:
+                        self._warn(f"{method.name} diverged at lr_scale {recipe.lr_scale:g}; retrying at a lower "
+                                   "learning rate")
+                        continue
+                    if t.within_budget:
+                        raise _Stop
+                    break
+
+    # --- the run --------------------------------------------------------------------------------------
+    def run(self) -> TuneResult:
+        stopped = "searched everything"
+        self.fp_score = math.nan
+        interrupted: BaseException | None = None
+        try:
+            with self.deadline.armed():
+                self.data = DecisionData.carve(self.workload, self.opt.val_size, self.opt.calib_batch_size,
+                                               self.opt.seed)
+                self.targets = self.data.targets(self.model)
+                self.fp_score = self.data.score(self.model, self.targets)
+            self.log(f"FP32 validation {self.metric}: {self.fp_score:.2f} on {self.data.val_rows} rows carved from "
+                     f"the training data; budget: drop <= {self.opt.max_drop:g}")
+            self._check_calibration()
+            ptq_best = self.stage_ptq()
+            fallbacks = self.stage_fallback(ptq_best)
+            self.stage_train(ptq_best, fallbacks)
+        except _Stop:
+            stopped = "within budget"
+        except BudgetExceeded:
+            stopped = "time budget"
+            if self.trials and self.trials[-1].score is None and not self.trials[-1].error:
+                self.trials[-1].error = "stopped by the time budget"
+        except KeyboardInterrupt as e:
+            stopped = "interrupted"
+            interrupted = e
+        result = self._finish(stopped)
+        if interrupted is not None:
+            raise interrupted
+        return result
+
+    def _finish(self, stopped: str) -> TuneResult:
+        winner = self.best
+        test: dict[str, Any] = {}
+        if winner is not None and stopped != "interrupted":
+            test = self._test_numbers(winner)
+            metrics = {**self._metrics(winner), "test": test}
+            with shielded():
+                write_json_atomic(self.output / "metrics.json", metrics)
+        result = TuneResult(self.trials, winner, self.fp_score, self.metric, self.advice, self.explain(winner),
+                            stopped, self.output, test, self.sensitivity, self.warnings)
+        with shielded():
+            write_json_atomic(self.output / "trials.json", result.to_dict())
+        return result
+
+    def _test_numbers(self, winner: Trial) -> dict[str, Any]:
+        """The held-out test metric of FP32 and of the saved winner (the only use of the test set)."""
+        import torch
+
+        inputs, targets = self.workload.test_set()
+        names = list(getattr(self.workload, "input_names", list(inputs)))
+        tensors = tuple(torch.as_tensor(inputs[n]) for n in names)
+        if not self.has_labels:
+            targets = predict(self.model, tensors)
+        qmodel = _engine.load_saved(self.output)
+        fp = float(self.workload.score(predict(self.model, tensors), targets)[self.metric])
+        q = float(self.workload.score(predict(qmodel, tensors), targets)[self.metric])
+        return {"rows": int(tensors[0].shape[0]), "fp32": fp, "quantized": q, "drop": fp - q,
+                "evaluated_with": _engine.SAVED_EVALUATOR}
+
+    def explain(self, winner: Trial | None) -> str:
+        a = self.advice
+        head = f"advise recommends {a.choice.upper()} for these inputs (rule {a.rule}: {a.when})"
+        if winner is None:
+            return f"{head}; no trial finished, so there is nothing to compare."
+        stage = STAGE_OF.get(winner.stage, winner.stage)
+        rank = METHOD_COSTS.get(stage, METHOD_COSTS["qat"]).rank
+        advised = METHOD_COSTS[a.choice].rank
+        ptq = [t for t in self.trials if t.stage == "ptq" and t.drop is not None]
+        ptq_best = min(ptq, key=lambda t: t.drop or 0.0) if ptq else None
+        if not winner.within_budget:
+            return (f"{head}; no configuration met the {self.opt.max_drop:g}-point budget before the search ended; "
+                    f"the best so far is trial {winner.index} ({winner.config}, drop {winner.drop:+.2f}).")
+        if rank == advised:
+            return f"{head}; tune's choice matches: {winner.config} dropped {winner.drop:+.2f} points."
+        if rank < advised:
+            return (f"{head}; tune stopped earlier because the cheaper {winner.config} already met the budget "
+                    f"(drop {winner.drop:+.2f} <= {self.opt.max_drop:g}).")
+        why = (f"the best PTQ configuration ({ptq_best.config}) dropped {ptq_best.drop:+.2f} > "
+               f"{self.opt.max_drop:g} points" if ptq_best is not None else "PTQ did not finish")
+        return f"{head}; tune went further because {why}: {winner.config} met the budget (drop {winner.drop:+.2f})."
+
+
+def tune(model: Any, workload: Any, options: TuneOptions, output: str | Path, *, registry: Any = None,
+         log: Callable[[str], None] = print) -> TuneResult:
+    """Run the search; see the module docstring. Returns every trial, the winner and the explanation."""
+    return Tuner(model, workload, options, output, registry=registry, log=log).run()
+
+
+def summary(result: TuneResult) -> str:
+    """The final table of every trial, the winning recipe and the explanation, as text."""
+    lines = [format_trials(result.trials, result.metric, result.winner.index if result.winner else None), ""]
+    lines.append(f"stopped: {result.stopped}")
+    if result.winner is not None:
+        w = result.winner
+        lines.append(f"winner: trial {w.index} ({w.config}), validation drop {w.drop:+.2f}, "
+                     f"{(w.size_bytes or 0) / 1024:.1f} KiB")
+        if result.test:
+            lines.append(f"held-out test {result.metric}: FP32 {result.test['fp32']:.2f}, quantized "
+                         f"{result.test['quantized']:.2f} (drop {result.test['drop']:+.2f}, "
+                         f"{result.test['rows']} rows)")
+        lines.append(f"recipe: {result.output / 'recipe.json'}")
+    lines.append(result.explanation)
+    lines.extend(f"warning: {w}" for w in result.warnings)
+    return "\n".join(lines)
