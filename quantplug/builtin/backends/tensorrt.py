@@ -117,6 +117,9 @@ class TensorRTBackend:
             raise ConfigError(f"unknown flavour {flavour!r} for backend tensorrt; valid: plan")
         if kind not in (None, "KIND_GPU"):
             raise ConfigError(f"backend tensorrt runs on GPU only, not {kind}; drop kind or use KIND_GPU")
+        if config.max_batch_size < 1:
+            raise ConfigError("backend tensorrt needs max_batch_size >= 1 (the engine's profile spans the batch "
+                              "dimension); export with a dynamic batch axis")
         config.platform = "tensorrt_plan"
         config.backend = "tensorrt"
         set_kind(config, "KIND_GPU")
@@ -129,7 +132,8 @@ class TensorRTBackend:
         if options.get("defer_build") and tensorrt_unavailable_reason():
             copy_onnx(onnx_path, version_dir)
             spec = {"onnx": "model.onnx", "plan": "model.plan", "min_batch": 1, "opt_batch": opt_batch,
-                    "max_batch": max_batch, "fp16": bool(options.get("fp16", True))}
+                    "max_batch": max_batch, "fp16": bool(options.get("fp16", True)),
+                    "inputs": {t.name: list(t.dims) for t in config.input}}  # per-sample dims
             (version_dir / "build.json").write_text(json.dumps(spec, indent=2) + "\n")
             return
         build_engine(onnx_path, version_dir / "model.plan", max_batch=max_batch, opt_batch=opt_batch,
