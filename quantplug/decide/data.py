@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["DecisionData", "predict"]
 
 VAL_SEED = 7919  # the seeded epoch whose first batches become the validation split
+MAX_VAL_FRACTION = 0.2  # never hold out more than this share of the training data
 
 
 def _row_hashes(inputs: tuple[torch.Tensor, ...]) -> list[str]:
@@ -69,11 +70,13 @@ class DecisionData:
 
     @classmethod
     def carve(cls, workload: Any, val_size: int = 500, batch_size: int = 32, seed: int = 0) -> DecisionData:
-        """Take about ``val_size`` rows of the training data as the validation split."""
+        """Take ``val_size`` rows of the training data (at most a fifth of it) as the validation split."""
         import torch
 
         if val_size < 1:
             raise ConfigError(f"validation size {val_size} must be at least 1 (500 recommended)")
+        total = sum(int(tuple(inputs)[0].shape[0]) for inputs, _ in workload.train_batches(batch_size, seed=VAL_SEED))
+        val_size = max(1, min(val_size, int(total * MAX_VAL_FRACTION)))
         want = math.ceil(val_size / batch_size)
         parts: list[tuple[torch.Tensor, ...]] = []
         labels: list[torch.Tensor] = []
@@ -101,8 +104,19 @@ class DecisionData:
 
     def score(self, model: Any, targets: np.ndarray) -> float:
         """The workload's primary metric of ``model`` on the validation split."""
+        return self.evaluate(model, targets)[0]
+
+    def evaluate(self, model: Any, targets: np.ndarray, reference: np.ndarray | None = None) -> tuple[float, float]:
+        """(primary metric, output error): the error is the mean squared difference to ``reference`` (the
+        FP32 outputs) relative to their mean square, 0 without a reference. It separates configurations
+        whose metric ties, e.g. when the FP32 model scores 100% on rows it was trained on."""
         metric = getattr(self.workload, "metric", "accuracy")
-        return float(self.workload.score(predict(model, self.val_inputs), targets)[metric])
+        out = predict(model, self.val_inputs)
+        score = float(self.workload.score(out, targets)[metric])
+        if reference is None or reference.shape != out.shape:
+            return score, 0.0
+        err = float(np.mean((out - reference) ** 2) / max(float(np.mean(reference**2)), 1e-12))
+        return score, err
 
     def calibration(self, num_batches: int, batch_size: int | None = None) -> list[tuple[torch.Tensor, ...]]:
         """``num_batches`` input batches from the training data, validation rows removed."""

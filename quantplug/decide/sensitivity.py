@@ -37,6 +37,7 @@ class LayerSensitivity:
     bits: int  # the precision tested for this layer
     score: float  # validation metric with only this layer at ``bits``
     drop: float  # FP32 validation metric minus ``score``, in points
+    output_error: float  # relative MSE of the outputs to FP32's (ranks layers whose drops tie)
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,8 +107,11 @@ def analyse(
     """
     from tqdm.auto import tqdm
 
+    from .data import predict
+
     targets = data.targets(model) if targets is None else targets
     fp_score = data.score(model, targets) if fp_score is None else fp_score
+    reference = predict(model, data.val_inputs)
     if layers is None:
         layers = list(quantized_layers(quantize(copy.deepcopy(model), base)))
     if not layers:
@@ -117,7 +121,7 @@ def analyse(
         started = time.perf_counter()
         qmodel = quantize(copy.deepcopy(model), only_layer_recipe(base, layer, layers))
         module = quantized_layers(qmodel).get(layer)
-        score = data.score(qmodel, targets)
+        score, err = data.evaluate(qmodel, targets, reference)
         weight = getattr(module, "weight", None)
         out.append(LayerSensitivity(
             layer=layer,
@@ -126,9 +130,10 @@ def analyse(
             bits=base.weight_bits,
             score=score,
             drop=fp_score - score,
+            output_error=err,
             seconds=time.perf_counter() - started,
         ))
-    out.sort(key=lambda s: s.drop, reverse=True)
+    out.sort(key=lambda s: (s.drop, s.output_error), reverse=True)
     return out
 
 
@@ -139,7 +144,7 @@ def sensitivity_table(rows: list[LayerSensitivity], metric: str = "accuracy") ->
         [r.to_dict() for r in rows],
         [("layer", "layer", None), ("kind", "kind", None), ("weights", "params", lambda v: f"{v:,}"),
          ("bits", "bits", str), (f"val {metric}", "score", lambda v: f"{v:.2f}"),
-         ("drop (pts)", "drop", lambda v: f"{v:+.2f}")],
+         ("drop (pts)", "drop", lambda v: f"{v:+.2f}"), ("output error", "output_error", lambda v: f"{v:.2e}")],
     )
 
 

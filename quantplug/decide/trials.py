@@ -35,6 +35,7 @@ class Trial:
     seconds: float = 0.0
     within_budget: bool = False
     latency_ms: float | None = None
+    output_error: float | None = None  # relative MSE of the outputs to FP32's (breaks ties in the metric)
     note: str = ""
     error: str | None = None
 
@@ -54,7 +55,9 @@ def better(a: Trial, b: Trial | None) -> bool:
         sa, sb = a.size_bytes or math.inf, b.size_bytes or math.inf
         if sa != sb:
             return sa < sb
-    return a.score > b.score
+    if a.score != b.score:
+        return a.score > b.score
+    return (a.output_error or 0.0) < (b.output_error or 0.0)
 
 
 def _size(v: Any) -> str:
@@ -72,16 +75,18 @@ def format_trials(trials: list[Trial], metric: str, winner: int | None = None) -
             "drop": t.drop,
             "size": t.size_bytes,
             "latency": t.latency_ms,
+            "err": t.output_error,
             "time": t.seconds,
             "ok": "yes" if t.within_budget else ("error" if t.error else "no"),
         })
     cols: list[tuple[str, str, Any]] = [
         ("#", "#", None), ("stage", "stage", None), ("configuration", "config", None),
         (f"val {metric}", metric, lambda v: f"{v:.2f}"), ("drop (pts)", "drop", lambda v: f"{v:+.2f}"),
+        ("out err", "err", lambda v: f"{v:.1e}"),
         ("size", "size", _size), ("time (s)", "time", lambda v: f"{v:.1f}"), ("within", "ok", None),
     ]
     if any(t.latency_ms is not None for t in trials):
-        cols.insert(6, ("latency (ms)", "latency", lambda v: f"{v:.2f}"))
+        cols.insert(7, ("latency (ms)", "latency", lambda v: f"{v:.2f}"))
     return format_table(rows, cols)
 
 

@@ -27,7 +27,7 @@ from ..recipe import LayerOverride, QuantRecipe
 from ..report.io import write_json_atomic
 from . import _engine
 from .advise import METHOD_COSTS, Advice, Situation, advise, infer_model_kind
-from .data import DecisionData, TrainingStream, predict
+from .data import DecisionData, predict
 from .sensitivity import LayerSensitivity, analyse, model_size_bytes, quantized_layers
 from .trials import BudgetExceeded, Deadline, Trial, better, format_trials, shielded
 
@@ -75,12 +75,14 @@ class TuneResult:
     test: dict[str, Any] = field(default_factory=dict)
     sensitivity: dict[str, list[LayerSensitivity]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    fp32_size_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "max_drop": self.advice.situation.max_drop,
             "metric": self.metric,
             "fp32_validation": self.fp_score,
+            "fp32_size_bytes": self.fp32_size_bytes,
             "stopped": self.stopped,
             "winner": self.winner.index if self.winner else None,
             "winning_recipe": self.winner.recipe if self.winner else None,
@@ -101,7 +103,8 @@ class Tuner:
     """One tuning run over ``model`` and ``workload`` into ``output``."""
 
     def __init__(self, model: Any, workload: Any, options: TuneOptions, output: str | Path, *,
-                 registry: Any = None, log: Callable[[str], None] = print) -> None:
+                 registry: Any = None, log: Callable[[str], None] = print,
+                 on_trial: Callable[[Trial], None] | None = None) -> None:
         from ..registry import build_registry
 
         self.model = model.eval()
@@ -110,6 +113,8 @@ class Tuner:
         self.output = Path(output)
         self.registry = registry or build_registry()
         self.log = log
+        self.on_trial = on_trial  # called after each trial, once its best-so-far files are saved
+        self._fp32_written = False
         self.metric = getattr(workload, "metric", "accuracy")
         self.trials: list[Trial] = []
         self.best: Trial | None = None
@@ -135,8 +140,12 @@ class Tuner:
 
     def _quantize(self, recipe: QuantRecipe, *, calib_batches: int | None = None, train: bool = False) -> Any:
         calib = self.data.calibration(calib_batches or recipe.calib_batches, recipe.calib_batch_size)
-        train_data = TrainingStream(self.data) if train else None
-        return _engine.quantize(copy.deepcopy(self.model), recipe, calib, train_data, workload=self.workload,
+
+        def train_data(epoch: int) -> Any:
+            return self.data.training_epoch(epoch, recipe.train_batch_size)
+
+        return _engine.quantize(copy.deepcopy(self.model), recipe, calib, train_data if train else None,
+                                workload=self.workload,
                                 registry=self.registry, progress=self.opt.progress, quiet_thin=True)
 
     def _check_calibration(self) -> None:
@@ -156,14 +165,16 @@ class Tuner:
                        "noisy (add calibration data or lower --val-size)")
 
     # --- one trial ------------------------------------------------------------------------------------
-    def trial(self, stage: str, config: str, recipe: QuantRecipe, *, train: bool = False, note: str = "") -> Trial:
+    def trial(self, stage: str, config: str, recipe: QuantRecipe, *, train: bool = False, note: str = "",
+              build: Callable[[], Any] | None = None) -> Trial:
+        """Quantize with ``recipe`` (or take ``build()``'s model), score it on validation, save if best."""
         t = Trial(index=len(self.trials) + 1, stage=stage, config=config, recipe=recipe.to_dict(), note=note)
         started = time.perf_counter()
         self.trials.append(t)
         try:
             with self.deadline.armed():
-                qmodel = self._quantize(recipe, train=train)
-                t.score = self.data.score(qmodel, self.targets)
+                qmodel = build() if build is not None else self._quantize(recipe, train=train)
+                t.score, t.output_error = self.data.evaluate(qmodel, self.targets, self.reference)
         except QuantplugError as e:
             t.error = f"{type(e).__name__}: {e}"
             t.seconds = time.perf_counter() - started
@@ -183,15 +194,18 @@ class Tuner:
         if better(t, self.best):
             self.best = t
             with shielded():
-                _engine.write_artifacts(self.output, qmodel, self.model, recipe, self.workload,
-                                        self._metrics(t))
+                _engine.write_artifacts(self.output, qmodel, self.model, recipe, self.workload, self._metrics(t),
+                                        registry=self.registry, write_fp32=not self._fp32_written)
+                self._fp32_written = True
         self._save_trials()
+        if self.on_trial is not None:
+            self.on_trial(t)
         return t
 
     def _metrics(self, t: Trial) -> dict[str, Any]:
         return {"workload": getattr(self.workload, "name", None), "metric": self.metric,
                 "validation": {"fp32": self.fp_score, "quantized": t.score, "drop": t.drop},
-                "size_bytes": t.size_bytes, "trial": t.index, "tuned": True}
+                "size_bytes": t.size_bytes, "fp32_size_bytes": self.fp_size, "trial": t.index, "tuned": True}
 
     def _save_trials(self, extra: dict[str, Any] | None = None) -> None:
         with shielded():
@@ -210,10 +224,21 @@ class Tuner:
     def stage_ptq(self) -> Trial | None:
         base = self._base_recipe()
         stage_best: Trial | None = None
+        calibrators = self.registry.names("calibrators")
         for method in self._ptq_methods():
-            for cal in self.registry.names("calibrators"):
+            shared: dict[str, Any] = {}
+            if method.name == "ptq":  # the built-in PTQ: every calibrator from ONE histogram pass
+                with self.deadline.armed():
+                    started = time.perf_counter()
+                    shared = _engine.compare_calibrators(self.model, base, self.data.calibration(
+                        base.calib_batches, base.calib_batch_size), calibrators, registry=self.registry,
+                        progress=self.opt.progress)
+                    self.log(f"one histogram pass for {len(calibrators)} calibrators: "
+                             f"{time.perf_counter() - started:.1f}s")
+            for cal in calibrators:
                 recipe = base.replace(method=method.name, calibrator=cal)
-                t = self.trial("ptq", f"{method.name}/{cal} int{self.opt.weight_bits}", recipe)
+                build = (lambda m=shared[cal]: m) if cal in shared else None
+                t = self.trial("ptq", f"{method.name}/{cal} int{self.opt.weight_bits}", recipe, build=build)
                 if t.score is not None and (stage_best is None or t.score > (stage_best.score or -math.inf)):
                     stage_best = t
         if stage_best is not None and stage_best.within_budget:
@@ -315,15 +340,18 @@ class Tuner:
     def run(self) -> TuneResult:
         stopped = "searched everything"
         self.fp_score = math.nan
+        self.fp_size = 0
         interrupted: BaseException | None = None
         try:
             with self.deadline.armed():
                 self.data = DecisionData.carve(self.workload, self.opt.val_size, self.opt.calib_batch_size,
                                                self.opt.seed)
                 self.targets = self.data.targets(self.model)
+                self.reference = predict(self.model, self.data.val_inputs)
                 self.fp_score = self.data.score(self.model, self.targets)
+                self.fp_size = model_size_bytes(self.model)
             self.log(f"FP32 validation {self.metric}: {self.fp_score:.2f} on {self.data.val_rows} rows carved from "
-                     f"the training data; budget: drop <= {self.opt.max_drop:g}")
+                     f"the training data, {self.fp_size / 1024:.1f} KiB; budget: drop <= {self.opt.max_drop:g}")
             self._check_calibration()
             ptq_best = self.stage_ptq()
             fallbacks = self.stage_fallback(ptq_best)
@@ -351,7 +379,7 @@ class Tuner:
             with shielded():
                 write_json_atomic(self.output / "metrics.json", metrics)
         result = TuneResult(self.trials, winner, self.fp_score, self.metric, self.advice, self.explain(winner),
-                            stopped, self.output, test, self.sensitivity, self.warnings)
+                            stopped, self.output, test, self.sensitivity, self.warnings, self.fp_size)
         with shielded():
             write_json_atomic(self.output / "trials.json", result.to_dict())
         return result
@@ -403,6 +431,7 @@ def tune(model: Any, workload: Any, options: TuneOptions, output: str | Path, *,
 def summary(result: TuneResult) -> str:
     """The final table of every trial, the winning recipe and the explanation, as text."""
     lines = [format_trials(result.trials, result.metric, result.winner.index if result.winner else None), ""]
+    lines.append(f"FP32: validation {result.metric} {result.fp_score:.2f}, {result.fp32_size_bytes / 1024:.1f} KiB")
     lines.append(f"stopped: {result.stopped}")
     if result.winner is not None:
         w = result.winner
