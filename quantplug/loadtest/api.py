@@ -26,7 +26,7 @@ from ..errors import ConfigError, LoadTestError
 from .inputs import make_arrays, parse_input_shape
 from .machine import machine_info
 from .preflight import describe_model, request_specs, server_version, warm_up
-from .runner import run_locust
+from .runner import check_locust, run_locust
 from .stats import RunStats, compute_stats, median_or_none, pool_stats, ratio
 from .timings import Timings, read_timings
 
@@ -126,6 +126,7 @@ def run_load(url: str, model: str, *, users: int = 2, spawn_rate: float | None =
     inputs; ``folder`` keeps the timings and locust logs (a temporary folder is removed otherwise).
     """
     rate = _check_numbers(users, spawn_rate, duration_s, batch_size, workers, warmup_s)
+    check_locust()
     with _workdir(folder) as work:
         prepared = _Prepared(url, model, batch_size, input_shape, inputs, work)
         return _one_run(url, prepared, work / "run-1", users=users, spawn_rate=rate, duration_s=duration_s,
@@ -148,6 +149,7 @@ def run_ab(url: str, baseline: str, candidate: str, *, pairs: int = 3, users: in
     ``on_pair`` is called with each pair's record as soon as it is measured.
     """
     rate = _check_numbers(users, spawn_rate, duration_s, batch_size, workers, warmup_s, pairs)
+    check_locust()
     if min_speedup is not None and (not math.isfinite(min_speedup) or min_speedup <= 0):
         raise ConfigError(f"bad min speed-up {min_speedup!r}: use a number > 0, e.g. 2.0")
     machine = machine_info()

@@ -94,23 +94,25 @@ def chart_png(result: Mapping[str, Any]) -> bytes:
     top = max([p[r]["throughput_ips"] for p in pairs for r in roles] + [1.0])
     for i, p in enumerate(pairs):
         ax1.text(i, top * 1.12, f"{_x(p['speedup_throughput'])}", ha="center", fontsize=10, fontweight="bold")
-    ax1.set_ylim(0, top * 1.25)
+    ax1.set_ylim(0, top * 1.45)
     ax1.set_xticks(x, [f"pair {p['pair']}" for p in pairs])
     ax1.set_ylabel("inferences / s (higher is better)")
     ax1.set_title(f"throughput (batch {result['settings']['batch_size']}); bold: speed-up")
-    ax1.legend(loc="lower right", fontsize=8)
+    ax1.legend(loc="upper left", fontsize=8)
 
     for k, role in enumerate(roles):
         pos = x + (k - 0.5) * width
-        p50 = [p[role]["p50_ms"] or 0 for p in pairs]
-        ax2.bar(pos, p50, width, color=colors[role], label=f"{role} p50")
-        for q, marker in (("p95_ms", "^"), ("p99_ms", "v")):
-            vals = [p[role][q] for p in pairs]
-            ax2.scatter(pos, [v if v is not None else np.nan for v in vals], marker=marker, color="black",
-                        s=22, zorder=3, label=f"{q[:3]}" if k == 0 else None)
+        p50 = [p[role]["p50_ms"] or 0.0 for p in pairs]
+        p95 = [p[role]["p95_ms"] if p[role]["p95_ms"] is not None else np.nan for p in pairs]
+        p99 = [p[role]["p99_ms"] if p[role]["p99_ms"] is not None else np.nan for p in pairs]
+        bars = ax2.bar(pos, p50, width, color=colors[role], label=f"{role} p50")
+        ax2.bar_label(bars, fmt="%.2f", fontsize=8, label_type="center", color="white")
+        ax2.vlines(pos, p50, p99, color="black", linewidth=1)  # whisker from p50 up to p99
+        ax2.scatter(pos, p95, marker="D", color="black", s=18, zorder=3, label="p95" if k == 0 else None)
+        ax2.scatter(pos, p99, marker="^", color="black", s=28, zorder=3, label="p99" if k == 0 else None)
     ax2.set_xticks(x, [f"pair {p['pair']}" for p in pairs])
     ax2.set_ylabel("latency ms (lower is better)")
-    ax2.set_title("latency: bars p50, markers p95 and p99")
+    ax2.set_title("latency: bar p50, diamond p95, triangle p99")
     ax2.set_ylim(bottom=0)
     ax2.legend(fontsize=8)
     fig.suptitle(f"{names['baseline']} vs {names['candidate']}: throughput speed-up "

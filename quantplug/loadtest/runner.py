@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import LoadTestError
 from .timings import DONE_FILE
 
-__all__ = ["LocustRun", "run_locust", "locustfile_path", "free_port"]
+__all__ = ["LocustRun", "check_locust", "run_locust", "locustfile_path", "free_port"]
 
 _STARTUP_S = 30.0  # import, connect, spawn allowance before the run-time clock matters
 _EXIT_GRACE_S = 8.0  # after done.json, how long a process may take to exit by itself
@@ -38,7 +38,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _check_locust() -> None:
+def check_locust() -> None:
+    """Fail early, in one line, when locust cannot be imported by this Python."""
     if importlib.util.find_spec("locust") is None:
         raise LoadTestError(f"locust is not installed in {sys.executable}: pip install locust")
 
@@ -88,9 +89,10 @@ def run_locust(
     inputs_npz: str = "",
     grpc_timeout_s: float = 60.0,
     locustfile: Path | None = None,
+    exit_grace_s: float = _EXIT_GRACE_S,
 ) -> LocustRun:
     """One headless locust run writing exact timings into ``folder``; always returns with no process left."""
-    _check_locust()
+    check_locust()
     folder.mkdir(parents=True, exist_ok=True)
     lf = str(locustfile or locustfile_path())
     base = [sys.executable, "-m", "locust", "-f", lf]
@@ -120,7 +122,7 @@ def run_locust(
     else:
         commands.append(("locust", base + head + custom + ["-t", f"{max(1, round(duration_s))}s"]))
 
-    bound = _STARTUP_S + users / max(spawn_rate, 1e-9) + duration_s + 2 + (60 if workers else 0) + _EXIT_GRACE_S
+    bound = _STARTUP_S + users / max(spawn_rate, 1e-9) + duration_s + 2 + (60 if workers else 0) + exit_grace_s
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
     t0 = time.monotonic()
@@ -138,7 +140,7 @@ def run_locust(
             now = time.monotonic()
             if done_at is None and (folder / DONE_FILE).exists():
                 done_at = now
-            if done_at is not None and now - done_at > _EXIT_GRACE_S:
+            if done_at is not None and now - done_at > exit_grace_s:
                 hung_after_done = True
                 break
             if now - t0 > bound:
