@@ -49,6 +49,7 @@ class QuantRecipe:
     percentile: float = 99.99
     histogram_bins: int = 2048
     qat_epochs: int = 3
+    train_batch_size: int = 64  # QAT/QAD batch size
     lr_scale: float = 0.1
     distill_temperature: float = 4.0
     distill_alpha: float = 1.0  # weight of the distillation loss; 1 - alpha goes to the label loss
@@ -78,6 +79,8 @@ class QuantRecipe:
             raise ConfigError(f"percentile={self.percentile} must be in (50, 100], e.g. 99.99")
         if self.histogram_bins < 128:
             raise ConfigError(f"histogram_bins={self.histogram_bins} is too coarse; use at least 128 (2048 recommended)")
+        if self.train_batch_size < 1:
+            raise ConfigError(f"train_batch_size={self.train_batch_size} must be at least 1")
         if self.qat_epochs < 0:
             raise ConfigError(f"qat_epochs={self.qat_epochs} must not be negative")
         if not 0 < self.lr_scale <= 1:

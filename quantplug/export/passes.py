@@ -1,0 +1,232 @@
+"""ONNX graph passes run after the torch export.
+
+- :func:`fold_weights`: each quantized weight, exported as its dequantized FP32 constant, becomes an INT8
+  or INT4 initializer + ``DequantizeLinear`` (per-channel or blocked). The file then holds 8- or 4-bit
+  weights; the initializers are found by value, so this does not depend on exporter naming.
+- :func:`quantize_biases`: Conv/Gemm biases become INT32 + ``DequantizeLinear`` with scale
+  ``input_scale * weight_scale`` (ONNX Runtime only fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` when
+  every input is dequantized).
+- :func:`scalar_qparams`: one-element per-tensor scales/zero points become scalars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["WeightSpec", "spec_digest", "fold_weights", "quantize_biases", "scalar_qparams", "constants_to_initializers"]
+
+
+@dataclass
+class WeightSpec:
+    """A quantized weight: integers in the weight's shape and one scale per row of its grouping."""
+
+    name: str
+    q: np.ndarray  # int8 values (INT4 ones lie in [-8, 7])
+    scale: np.ndarray  # per-channel [out], per-group [out * in / g] or per-tensor [1]
+    bits: int
+    per_channel: bool
+    group_size: int | None
+
+    @property
+    def dequantized(self) -> np.ndarray:
+        return self._expand(self.q.astype(np.float32))
+
+    def _expand(self, q: np.ndarray) -> np.ndarray:
+        if self.group_size:
+            rows = q.reshape(-1, self.group_size) * self.scale[:, None].astype(np.float32)
+            return rows.reshape(q.shape).astype(np.float32)
+        if self.per_channel:
+            shape = [-1] + [1] * (q.ndim - 1)
+            return (q * self.scale.reshape(shape).astype(np.float32)).astype(np.float32)
+        return (q * np.float32(self.scale.reshape(-1)[0])).astype(np.float32)
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes() + str(a.shape).encode()).hexdigest()
+
+
+def spec_digest(spec: WeightSpec) -> str:
+    return _digest(spec.dequantized)
+
+
+def constants_to_initializers(model: object) -> None:
+    """Move tensor-valued ``Constant`` nodes, and ``Identity`` nodes of initializers (the exporter's way of
+    sharing equal constants), into initializers, so passes see every constant where it is used."""
+    import onnx
+
+    graph = model.graph  # type: ignore[attr-defined]
+    inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[node.input[0]])
+            t.name = node.output[0]
+            graph.initializer.append(t)
+            inits[t.name] = t
+            continue
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(node.attribute[0].t)
+            t.name = node.output[0]
+            if len(t.dims) >= 1 and int(np.prod(t.dims)) > 16:
+                graph.initializer.append(t)
+                continue
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def fold_weights(model: object, specs: list[WeightSpec]) -> list[str]:
+    """Replace float initializers equal to a spec's dequantized weight (or its transpose) by int + DQ."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    table: dict[str, tuple[WeightSpec, bool]] = {}
+    for spec in specs:
+        deq = spec.dequantized
+        table.setdefault(_digest(deq), (spec, False))
+        if deq.ndim == 2:
+            table.setdefault(_digest(deq.T), (spec, True))
+    new_inits, new_nodes, folded = [], [], []
+    remaining = []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or len(init.dims) < 2:
+            remaining.append(init)
+            continue
+        arr = numpy_helper.to_array(init)
+        hit = table.get(_digest(arr))
+        if hit is None:
+            remaining.append(init)
+            continue
+        spec, transposed = hit
+        name = init.name
+        q = spec.q.T if transposed else spec.q
+        attrs: dict[str, Any] = {}
+        if spec.group_size:
+            out_ch, in_ch = spec.q.shape
+            scale = spec.scale.reshape(out_ch, in_ch // spec.group_size)
+            if transposed:
+                scale = scale.T
+            attrs = {"axis": 0 if transposed else 1, "block_size": spec.group_size}
+        elif spec.per_channel:
+            scale = spec.scale.reshape(-1)
+            attrs = {"axis": 1 if transposed else 0}
+        else:
+            scale = np.asarray(spec.scale.reshape(-1)[0])
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+        dtype = onnx.TensorProto.INT4 if spec.bits == 4 else onnx.TensorProto.INT8
+        q_init = _int_tensor(f"{name}_quantized", np.ascontiguousarray(q), dtype)
+        zp_init = _int_tensor(f"{name}_zero_point", np.zeros(scale.shape, dtype=np.int8), dtype)
+        s_init = numpy_helper.from_array(scale, f"{name}_scale")
+        new_inits += [q_init, s_init, zp_init]
+        new_nodes.append(helper.make_node("DequantizeLinear", [q_init.name, s_init.name, zp_init.name], [name],
+                                          name=f"{name}_DequantizeLinear", **attrs))
+        folded.append(name)
+    del graph.initializer[:]
+    graph.initializer.extend(remaining + new_inits)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes + nodes)
+    return folded
+
+
+def _int_tensor(name: str, values: np.ndarray, dtype: int) -> Any:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if dtype == onnx.TensorProto.INT8:
+        return numpy_helper.from_array(values.astype(np.int8), name)
+    flat = values.astype(np.int8).reshape(-1)
+    return helper.make_tensor(name, dtype, list(values.shape), flat.tolist())
+
+
+def _initializer_map(graph: object) -> dict[str, object]:
+    return {i.name: i for i in graph.initializer}  # type: ignore[attr-defined]
+
+
+def scalar_qparams(model: object) -> None:
+    """Reshape one-element scale/zero-point initializers of per-tensor Q/DQ nodes to scalars."""
+    graph = model.graph  # type: ignore[attr-defined]
+    inits = _initializer_map(graph)
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if any(a.name == "axis" for a in node.attribute) and _numel(inits.get(node.input[1])) != 1:
+            continue
+        for name in node.input[1:3]:
+            t = inits.get(name)
+            if t is not None and _numel(t) == 1 and len(t.dims) > 0:  # type: ignore[attr-defined]
+                del t.dims[:]  # type: ignore[attr-defined]
+
+
+def _numel(t: object | None) -> int:
+    if t is None:
+        return -1
+    return int(np.prod(list(t.dims))) if len(t.dims) else 1  # type: ignore[attr-defined]
+
+
+def quantize_biases(model: object) -> int:
+    """Conv/Gemm with DQ'd input and weight: float bias -> INT32 + DQ (scale = s_x * s_w, zero point 0)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    inits = _initializer_map(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    done = 0
+    extra_nodes = []
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        if node.op_type == "Gemm":
+            attrs = {a.name: a for a in node.attribute}
+            if "transA" in attrs and attrs["transA"].i or "alpha" in attrs and attrs["alpha"].f != 1.0 \
+                    or "beta" in attrs and attrs["beta"].f != 1.0:
+                continue
+        dq_x, dq_w = producer.get(node.input[0]), producer.get(node.input[1])
+        if dq_x is None or dq_w is None or dq_x.op_type != "DequantizeLinear" or dq_w.op_type != "DequantizeLinear":
+            continue
+        if any(a.name == "block_size" for a in dq_w.attribute):
+            continue
+        sx, sw = inits.get(dq_x.input[1]), inits.get(dq_w.input[1])
+        if sx is None or sw is None or _numel(sx) != 1:
+            continue
+        bias_init = inits[node.input[2]]
+        bias = numpy_helper.to_array(bias_init).astype(np.float64)  # type: ignore[arg-type]
+        scale = (float(numpy_helper.to_array(sx).reshape(-1)[0])  # type: ignore[arg-type]
+                 * numpy_helper.to_array(sw).astype(np.float64).reshape(-1))  # type: ignore[arg-type]
+        if scale.size == 1:
+            scale = np.full(bias.shape, scale[0])
+        if np.any(scale <= 0):
+            continue
+        q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        base = f"{node.input[2]}_q{done}"
+        q_init = numpy_helper.from_array(q, f"{base}_int32")
+        s_init = numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale")
+        z_init = numpy_helper.from_array(np.zeros(q.shape, np.int32), f"{base}_zero_point")
+        graph.initializer.extend([q_init, s_init, z_init])
+        extra_nodes.append(helper.make_node("DequantizeLinear", [q_init.name, s_init.name, z_init.name],
+                                            [f"{base}_dequantized"], name=f"{base}_DequantizeLinear", axis=0))
+        node.input[2] = f"{base}_dequantized"
+        done += 1
+    if extra_nodes:
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(extra_nodes + nodes)
+        # drop float biases nobody uses any more
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        keep = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return done

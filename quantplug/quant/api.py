@@ -1,0 +1,104 @@
+"""``quantplug.quantize``: prepare a model in the target's scheme and run the recipe's method."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..recipe import QuantRecipe
+from ..registry import Registry, build_registry
+from .calibrate import as_inputs, compute_ranges
+from .context import QuantContext, peek
+from .prepare import prepare
+
+__all__ = ["compare_calibrators", "quantize", "scheme_for"]
+
+
+def scheme_for(recipe: QuantRecipe, registry: Registry) -> Any:
+    scheme = registry.backend(recipe.target).scheme
+    if recipe.weight_bits == 4 and not scheme.int4_weights:
+        raise ConfigError(f"target {recipe.target!r} cannot run INT4 weights; use --weight-bits 8")
+    return scheme
+
+
+def _workload_data(recipe: QuantRecipe, workload: Any, calib_data: Any, train_data: Any) -> tuple[Any, Any]:
+    if workload is not None:
+        if calib_data is None and hasattr(workload, "calibration_batches"):
+            calib_data = workload.calibration_batches(recipe.calib_batch_size, seed=recipe.seed)
+        if train_data is None and hasattr(workload, "train_batches"):
+            size = recipe.train_batch_size
+
+            def train_data(epoch: int) -> Any:
+                return workload.train_batches(size, seed=recipe.seed + epoch)
+
+    return calib_data, train_data
+
+
+def quantize(model: nn.Module, recipe: QuantRecipe, calib_data: Any = None, train_data: Any = None, *,
+             workload: Any = None, registry: Registry | None = None, progress: bool = True,
+             loss_fn: Any = None, train_lr: float | None = None) -> nn.Module:
+    """Quantize ``model`` with ``recipe``; returns a fake-quant module in the target's scheme.
+
+    ``calib_data``: iterable of input batches (tensor or tuple of tensors), or None to use ``workload``'s.
+    ``train_data``: for training methods, ``epoch -> iterable of ((inputs...), labels)`` or a re-iterable
+    of such pairs; None to use ``workload``'s. ``loss_fn(outputs, labels)``: the task loss (default: the
+    workload's, else cross-entropy). ``train_lr``: the FP32 training LR (default: the workload's, else 1e-3).
+    The input model is not modified.
+    """
+    registry = registry or build_registry()
+    method = registry.method(recipe.method)
+    registry.calibrator(recipe.calibrator)  # unknown names fail before any work
+    scheme = scheme_for(recipe, registry)
+    calib_data, train_data = _workload_data(recipe, workload, calib_data, train_data)
+    needs_calibration = getattr(method, "needs_calibration", True)
+    example: tuple[torch.Tensor, ...] | None = None
+    if calib_data is not None:
+        source = calib_data() if callable(calib_data) else calib_data
+        first, calib_data = peek(source)
+        example = as_inputs(first)
+    elif needs_calibration:
+        from ..errors import CalibrationError
+
+        raise CalibrationError(f"method {method.name!r} needs calibration data; pass calib_data or a workload")
+    if getattr(method, "needs_training_data", False) and train_data is None:
+        raise ConfigError(f"method {method.name!r} fine-tunes and needs training data; pass train_data or a workload")
+    if getattr(method, "needs_labels", False) and workload is not None and not getattr(workload, "has_labels", True):
+        raise ConfigError(f"method {method.name!r} needs labels but workload {workload.name!r} has none; use qad")
+    torch.manual_seed(recipe.seed)
+    teacher = copy.deepcopy(model).eval()
+    prepare_fn = getattr(method, "prepare", None) or prepare
+    prepared = prepare_fn(model, recipe, scheme, example)
+    lr = train_lr if train_lr is not None else float(getattr(workload, "train_lr", 1e-3) or 1e-3)
+    ctx = QuantContext(recipe=recipe, scheme=scheme, registry=registry, teacher=teacher, calib_data=calib_data,
+                       train_data=train_data, workload=workload, progress=progress, train_lr=lr, loss_fn=loss_fn)
+    result = method.apply(prepared, recipe, ctx)
+    result.eval()
+    result.quantplug_recipe = recipe  # type: ignore[assignment]
+    result.quantplug_log = ctx.log  # type: ignore[assignment]
+    return result
+
+
+def compare_calibrators(model: nn.Module, recipe: QuantRecipe, calib_data: Any, names: list[str] | None = None, *,
+                        registry: Registry | None = None, progress: bool = True) -> dict[str, nn.Module]:
+    """PTQ models for several calibrators from ONE pass over ``calib_data`` (shared histograms)."""
+    from .calibrate import apply_ranges, collect_histograms, search_weight_clipping
+
+    registry = registry or build_registry()
+    scheme = scheme_for(recipe, registry)
+    names = names or registry.names("calibrators")
+    first, data = peek(calib_data() if callable(calib_data) else calib_data)
+    base = prepare(model, recipe, scheme, as_inputs(first))
+    hists = collect_histograms(base, data, recipe.calib_batches, progress)
+    out: dict[str, nn.Module] = {}
+    for name in names:
+        ctx = QuantContext(recipe=recipe.replace(calibrator=name), scheme=scheme, registry=registry, teacher=model)
+        m = copy.deepcopy(base)
+        apply_ranges(m, compute_ranges(m, hists, ctx.calibrator()))
+        search_weight_clipping(m, bits=(4,))
+        m.quantplug_recipe = ctx.recipe  # type: ignore[assignment]
+        out[name] = m.eval()
+    return out

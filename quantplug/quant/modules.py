@@ -1,0 +1,112 @@
+"""Quantized module wrappers: Conv2d, Linear and Embedding with a weight quantizer, and Add/Concat with
+activation quantizers on their inputs.
+
+Each wrapper subclasses the float module (same parameters, same state-dict keys) and may also carry an
+``input_quant`` (used when the model cannot be traced with torch.fx; with fx, shared activation
+quantizers are inserted in the graph instead, see :mod:`quantplug.quant.prepare`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizer import ActQuantizer, WeightQuantizer
+
+__all__ = ["QuantAdd", "QuantConcat", "QuantConv2d", "QuantEmbedding", "QuantLinear", "QUANT_WRAPPERS"]
+
+
+class _WeightQuantMixin:
+    weight_quant: WeightQuantizer
+    input_quant: ActQuantizer | None
+    qname: str
+
+    def qweight(self) -> torch.Tensor:
+        return self.weight_quant(self.weight)  # type: ignore[attr-defined]
+
+
+class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quant: WeightQuantizer, name: str,
+                   input_quant: ActQuantizer | None = None) -> QuantConv2d:
+        args: Any = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+        kwargs: Any = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+        q = cls(*args, **kwargs)
+        q.weight = conv.weight
+        q.bias = conv.bias
+        q.weight_quant = weight_quant
+        q.input_quant = input_quant
+        q.qname = name
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return self._conv_forward(x, self.qweight(), self.bias)
+
+
+class QuantLinear(nn.Linear, _WeightQuantMixin):
+    @classmethod
+    def from_float(cls, lin: nn.Linear, weight_quant: WeightQuantizer, name: str,
+                   input_quant: ActQuantizer | None = None) -> QuantLinear:
+        q = cls(lin.in_features, lin.out_features, lin.bias is not None,
+                device=lin.weight.device, dtype=lin.weight.dtype)
+        q.weight = lin.weight
+        q.bias = lin.bias
+        q.weight_quant = weight_quant
+        q.input_quant = input_quant
+        q.qname = name
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return F.linear(x, self.qweight(), self.bias)
+
+
+class QuantEmbedding(nn.Embedding, _WeightQuantMixin):
+    """Weight-only INT8 embedding (one scale per row): a quarter of the FP32 table in the ONNX file."""
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding, weight_quant: WeightQuantizer, name: str) -> QuantEmbedding:
+        q = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, emb.max_norm, emb.norm_type,
+                emb.scale_grad_by_freq, emb.sparse, device=emb.weight.device, dtype=emb.weight.dtype)
+        q.weight = emb.weight
+        q.weight_quant = weight_quant
+        q.input_quant = None
+        q.qname = name
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.embedding(x, self.qweight(), self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+
+
+class QuantAdd(nn.Module):
+    """``a + b`` with both inputs quantized (and the output, for runtimes that fuse a quantized add)."""
+
+    def __init__(self, a_quant: ActQuantizer, b_quant: ActQuantizer, out_quant: ActQuantizer | None) -> None:
+        super().__init__()
+        self.a_quant, self.b_quant, self.out_quant = a_quant, b_quant, out_quant
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        y = self.a_quant(a) + self.b_quant(b)
+        return self.out_quant(y) if self.out_quant is not None else y
+
+
+class QuantConcat(nn.Module):
+    """``torch.cat`` with one shared quantizer on every input, so all inputs have equal scales."""
+
+    def __init__(self, dim: int, quant: ActQuantizer) -> None:
+        super().__init__()
+        self.dim, self.quant = dim, quant
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.quant(t) for t in tensors], dim=self.dim)
+
+
+QUANT_WRAPPERS = (QuantConv2d, QuantLinear, QuantEmbedding)

@@ -1,0 +1,109 @@
+"""Fine-tuning with fake quantization (QAT and QAD) with divergence detection.
+
+Activation ranges stay fixed at their calibrated values while training; weight scales follow the weights
+(per-channel absolute max each step), so the exported model has exactly the scales that were trained.
+The optimizer is Adam at ``recipe.lr_scale`` times the workload's training learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import TrainingDivergedError
+from .calibrate import as_inputs
+from .context import QuantContext
+
+__all__ = ["DivergenceMonitor", "finetune", "first_output"]
+
+LossFn = Callable[[Any, tuple[torch.Tensor, ...], Any], torch.Tensor]
+
+
+def first_output(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    if isinstance(out, tuple | list):
+        return first_output(out[0])
+    raise TypeError(f"cannot read a tensor from model output of type {type(out).__name__}")
+
+
+class DivergenceMonitor:
+    """Averages the loss over windows; diverged = a NaN/Inf loss, or ``patience`` consecutive rising
+    windows ending above ``factor`` times the best window."""
+
+    def __init__(self, method: str, window: int = 20, patience: int = 4, factor: float = 1.5,
+                 lr: float = 0.0) -> None:
+        self.method, self.window, self.patience, self.factor, self.lr = method, window, patience, factor, lr
+        self._buf: list[float] = []
+        self.means: list[float] = []
+        self.rises = 0
+
+    def update(self, loss: float, epoch: int, step: int) -> None:
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"{self.method} diverged at epoch {epoch + 1} step {step}: the loss became {loss}; lower the "
+                f"learning rate (lr_scale, now giving lr={self.lr:g}) or check the data for NaN/Inf"
+            )
+        self._buf.append(loss)
+        if len(self._buf) < self.window:
+            return
+        mean = sum(self._buf) / len(self._buf)
+        self._buf.clear()
+        self.rises = self.rises + 1 if self.means and mean > self.means[-1] else 0
+        self.means.append(mean)
+        best = min(self.means)
+        if self.rises >= self.patience and mean > self.factor * best:
+            raise TrainingDivergedError(
+                f"{self.method} diverged at epoch {epoch + 1} step {step}: the loss rose for {self.rises} "
+                f"consecutive checks, from {best:.4g} to {mean:.4g}; lower lr_scale (lr was {self.lr:g}) "
+                "or use fewer epochs"
+            )
+
+
+def finetune(model: nn.Module, ctx: QuantContext, loss_fn: LossFn, desc: str) -> nn.Module:
+    """Train ``model`` (fake-quant) for ``recipe.qat_epochs`` epochs with ``loss_fn(outputs, inputs, labels)``."""
+    recipe = ctx.recipe
+    if recipe.qat_epochs == 0:
+        return model
+    lr = recipe.lr_scale * ctx.train_lr
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    monitor = DivergenceMonitor(desc, lr=lr)
+    torch.manual_seed(recipe.seed)
+    from tqdm.auto import tqdm
+
+    history: list[float] = []
+    step = 0
+    model.train()
+    for epoch in range(recipe.qat_epochs):
+        total, n = 0.0, 0
+        bar = tqdm(ctx.train_batches(epoch), desc=f"{desc} epoch {epoch + 1}/{recipe.qat_epochs}",
+                   unit="batch", disable=not ctx.progress, leave=False)
+        for batch in bar:
+            if isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[0], tuple | list):
+                inputs, labels = tuple(batch[0]), batch[1]
+            else:
+                inputs, labels = as_inputs(batch), None
+            out = model(*inputs)
+            loss = loss_fn(out, inputs, labels)
+            value = float(loss.detach())
+            step += 1
+            monitor.update(value, epoch, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += value
+            n += 1
+            if ctx.progress:
+                bar.set_postfix(loss=f"{value:.4f}")
+        history.append(total / max(n, 1))
+    model.eval()
+    ctx.log.setdefault("train_loss", {})[desc] = history
+    ctx.log["train_lr"] = lr
+    return model
