@@ -10,7 +10,7 @@ class HalfMaxCalibrator:
     description = "test fixture: half of the observed absolute maximum"
 
     def compute_range(self, histogram, bits, symmetric):  # type: ignore[no-untyped-def]
-        low, high = float(histogram.low), float(histogram.high)
+        low, high = float(histogram.min), float(histogram.max)
         bound = max(abs(low), abs(high)) / 2
         return (-bound, bound) if symmetric or low < 0 else (0.0, bound)
 
