@@ -1,5 +1,5 @@
 """Tiny real models and a tiny workload for the Triton tests: a CNN trained on sklearn's 8x8 digits,
-exported to ONNX (dynamic batch) and quantized to QDQ INT8 (U8S8) with ONNX Runtime's quantize_static."""
+exported to ONNX (dynamic batch) and quantized to QDQ INT8 (U8S8) by quantplug's own engine (PTQ)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ class DigitsWorkload:
 def build_models(workdir: Path, workload: DigitsWorkload) -> tuple[Path, Path]:
     """Train the CNN (seconds), write ``model_fp32.onnx`` and the QDQ ``model.onnx`` into ``workdir``."""
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
@@ -62,15 +61,13 @@ def build_models(workdir: Path, workload: DigitsWorkload) -> tuple[Path, Path]:
                       dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
                       dynamo=False)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"image": workload.train[0][i:i + 32]} for i in range(0, 256, 32)])
+    from quantplug import QuantRecipe, quantize
+    from quantplug.export import export_qdq
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    recipe = QuantRecipe(method="ptq", calibrator="max", target="onnxruntime", calib_batches=100)
+    calib = [x[i:i + 10] for i in range(0, 1000, 10)]
+    qmodel = quantize(net, recipe, calib, progress=False)
+    export_qdq(qmodel, (x[:1],), int8, target="onnxruntime", input_names=["image"], output_names=["logits"])
     return fp32, int8
 
 
