@@ -109,9 +109,6 @@ def _one_run(url: str, prepared: _Prepared, folder: Path, *, users: int, spawn_r
     if final < expected:
         stats.notes.append(f"only {final} of {expected} locust workers delivered their final timings; "
                            f"their last requests are missing from the statistics")
-    if run.hung_after_done:
-        stats.notes.append("locust wrote its results and then hung at exit; its process group was killed "
-                           "(SIGKILL); the results are complete")
     return timings, stats
 
 

@@ -24,7 +24,7 @@ from .timings import DONE_FILE
 __all__ = ["LocustRun", "check_locust", "run_locust", "locustfile_path", "free_port"]
 
 _STARTUP_S = 30.0  # import, connect, spawn allowance before the run-time clock matters
-_EXIT_GRACE_S = 8.0  # after done.json, how long a process may take to exit by itself
+_EXIT_GRACE_S = 5.0  # after done.json, how long a process may take to exit by itself
 
 
 def locustfile_path() -> Path:
@@ -102,8 +102,11 @@ def run_locust(
         custom += ["--input-shape", input_shape]
     if inputs_npz:
         custom += ["--inputs", inputs_npz]
+    # users finish their request in flight when the run ends (killing gRPC calls mid-flight is what makes
+    # locust hang at exit with tritonclient); a request slower than this is cut off
+    stop_timeout = max(1, min(30, round(grpc_timeout_s)))
     head = ["--headless", "--host", url, "-u", str(users), "-r", str(spawn_rate), "--only-summary",
-            "--stop-timeout", "1", "--exit-code-on-error", "0", "--loglevel", "INFO"]
+            "--stop-timeout", str(stop_timeout), "--exit-code-on-error", "0", "--loglevel", "INFO"]
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     # the venv's bin first, so anything locust starts finds the same Python packages
@@ -122,7 +125,7 @@ def run_locust(
     else:
         commands.append(("locust", base + head + custom + ["-t", f"{max(1, round(duration_s))}s"]))
 
-    bound = _STARTUP_S + users / max(spawn_rate, 1e-9) + duration_s + 2 + (60 if workers else 0) + exit_grace_s
+    bound = _STARTUP_S + users / max(spawn_rate, 1e-9) + duration_s + stop_timeout + (60 if workers else 0) + exit_grace_s
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
     t0 = time.monotonic()
@@ -151,8 +154,12 @@ def run_locust(
             if p.poll() is None:
                 killed = True
                 _kill_group(p)
-                notes.append(f"locust {name} (pid {p.pid}) did not exit within its bound; "
-                             f"its process group was killed with SIGKILL")
+                if hung_after_done:
+                    notes.append(f"locust {name} (pid {p.pid}) wrote its complete results, then did not exit within "
+                                 f"{exit_grace_s:.0f} s; its process group was killed with SIGKILL")
+                else:
+                    notes.append(f"locust {name} (pid {p.pid}) did not finish within its {bound:.0f} s bound; "
+                                 f"its process group was killed with SIGKILL")
             else:  # the process exited; end anything it left behind in its group
                 try:
                     os.killpg(p.pid, signal.SIGKILL)
