@@ -118,7 +118,7 @@ def _on_test_start(environment: Any, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         return
-    expected = int(option(environment, "expect_workers", 1)) if isinstance(runner, MasterRunner) else 0
+    expected = runner.worker_count if isinstance(runner, MasterRunner) else 0  # workers connected now
     _collector.reset(str(option(environment, "timings_dir", "")), expected)
     seconds = float(option(environment, "timed_run", 0.0))
     if seconds > 0:
