@@ -139,10 +139,13 @@ class DecisionData:
         """How many training rows remain outside the validation split (one epoch)."""
         return sum(int(inputs[0].shape[0]) for inputs, _ in self.training_epoch(0))
 
-    def training_epoch(self, epoch: int, batch_size: int | None = None) -> Iterator[tuple[tuple[Any, ...], Any]]:
-        """One epoch of ``(inputs, labels)`` with the validation rows removed."""
+    def training_epoch(self, epoch: int, batch_size: int | None = None,
+                       max_batches: int | None = None) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        """One epoch of ``(inputs, labels)`` with the validation rows removed (at most ``max_batches``)."""
         bs = batch_size or self.batch_size
-        for inputs, labels in self.workload.train_batches(bs, seed=self.seed * 1000 + epoch + 1):
+        for i, (inputs, labels) in enumerate(self.workload.train_batches(bs, seed=self.seed * 1000 + epoch + 1)):
+            if max_batches is not None and i >= max_batches:
+                return
             inputs = tuple(inputs)
             mask = _keep(inputs, self.held)
             if mask is not None:
@@ -151,17 +154,3 @@ class DecisionData:
                 inputs = tuple(t[mask] for t in inputs)
                 labels = labels[mask] if labels is not None else None
             yield inputs, labels
-
-
-class TrainingStream:
-    """A re-iterable training stream: every ``iter()`` is the next epoch (for QAT/QAD)."""
-
-    def __init__(self, data: DecisionData, batch_size: int | None = None) -> None:
-        self.data = data
-        self.batch_size = batch_size
-        self.epoch = 0
-
-    def __iter__(self) -> Iterator[tuple[tuple[Any, ...], Any]]:
-        epoch = self.epoch
-        self.epoch += 1
-        return self.data.training_epoch(epoch, self.batch_size)

@@ -35,6 +35,7 @@ __all__ = ["TuneOptions", "TuneResult", "Tuner", "tune"]
 
 MIN_CALIB_SAMPLES = 512  # fewer calibration inputs than this give noisy ranges: warn and take more
 LR_RETRIES = (1.0, 0.1, 0.01)  # QAT/QAD learning-rate factors tried when training diverges
+COLLAPSE_POINTS = 5.0  # a training trial this far below its PTQ starting point diverged, even without NaN
 STAGE_OF = {"ptq": "ptq", "fallback": "mixed"}  # trial stage -> METHOD_COSTS key (training stages: the method)
 
 
@@ -50,6 +51,8 @@ class TuneOptions:
     val_size: int = 500
     qat_epochs: int = 3
     sensitivity_calib_batches: int = 8
+    min_calib_samples: int = MIN_CALIB_SAMPLES
+    max_train_batches: int | None = None  # cap QAT/QAD batches per epoch (None: the whole training split)
     measure_speed: bool = False
     progress: bool = True
 
@@ -95,7 +98,7 @@ class TuneResult:
         }
 
 
-class _Stop(Exception):  # noqa: N818 - control flow: a configuration met the budget
+class StopSearch(Exception):  # noqa: N818 - control flow: a configuration met the budget
     pass
 
 
@@ -122,6 +125,9 @@ class Tuner:
         self.sensitivity: dict[str, list[LayerSensitivity]] = {}
         self.deadline = Deadline(None if options.time_budget_min is None else options.time_budget_min * 60)
         self.has_labels = bool(getattr(workload, "has_labels", True))
+        self.fp_score = math.nan
+        self.fp_size = 0
+        self.calib_batches = options.calib_batches
         self.advice = advise(
             Situation(max_drop=options.max_drop, training_data=self.has_labels,
                       model_kind=infer_model_kind(model), weight_bits=options.weight_bits),
@@ -142,7 +148,7 @@ class Tuner:
         calib = self.data.calibration(calib_batches or recipe.calib_batches, recipe.calib_batch_size)
 
         def train_data(epoch: int) -> Any:
-            return self.data.training_epoch(epoch, recipe.train_batch_size)
+            return self.data.training_epoch(epoch, recipe.train_batch_size, self.opt.max_train_batches)
 
         return _engine.quantize(copy.deepcopy(self.model), recipe, calib, train_data if train else None,
                                 workload=self.workload,
@@ -152,15 +158,16 @@ class Tuner:
         """Thin calibration: fewer than MIN_CALIB_SAMPLES inputs -> warn and take more batches."""
         bs = self.opt.calib_batch_size
         self.calib_batches = self.opt.calib_batches
-        if self.calib_batches * bs >= MIN_CALIB_SAMPLES:
+        minimum = self.opt.min_calib_samples
+        if self.calib_batches * bs >= minimum:
             return
         available = self.data.available_rows()
-        wanted = math.ceil(min(MIN_CALIB_SAMPLES, available) / bs)
+        wanted = math.ceil(min(minimum, available) / bs)
         if wanted > self.calib_batches:
             self._warn(f"thin calibration: {self.calib_batches} batches x {bs} = {self.calib_batches * bs} inputs "
                        f"give noisy ranges; using {wanted} batches ({wanted * bs} inputs)")
             self.calib_batches = wanted
-        if available < MIN_CALIB_SAMPLES:
+        if available < minimum:
             self._warn(f"only {available} training inputs remain outside the validation split; ranges may be "
                        "noisy (add calibration data or lower --val-size)")
 
@@ -168,6 +175,8 @@ class Tuner:
     def trial(self, stage: str, config: str, recipe: QuantRecipe, *, train: bool = False, note: str = "",
               build: Callable[[], Any] | None = None) -> Trial:
         """Quantize with ``recipe`` (or take ``build()``'s model), score it on validation, save if best."""
+        if self.deadline.expired:
+            raise BudgetExceeded
         t = Trial(index=len(self.trials) + 1, stage=stage, config=config, recipe=recipe.to_dict(), note=note)
         started = time.perf_counter()
         self.trials.append(t)
@@ -242,7 +251,7 @@ class Tuner:
                 if t.score is not None and (stage_best is None or t.score > (stage_best.score or -math.inf)):
                     stage_best = t
         if stage_best is not None and stage_best.within_budget:
-            raise _Stop
+            raise StopSearch
         return stage_best
 
     def stage_fallback(self, base_trial: Trial | None) -> list[Trial]:
@@ -278,7 +287,7 @@ class Tuner:
                 previous = t
                 if t.within_budget:
                     self._save_trials()
-                    raise _Stop
+                    raise StopSearch
             if bits == 4:  # every layer now at INT8: go on from plain INT8
                 overrides = {}
         return made
@@ -312,51 +321,64 @@ class Tuner:
                                                m.name not in ("qat", "qad"), m.name))
 
     def stage_train(self, ptq_best: Trial | None, fallbacks: list[Trial]) -> None:
-        bases: list[tuple[str, QuantRecipe]] = []
+        """QAT (labels) or QAD (no labels) from the best PTQ configuration, then from the last fallback."""
+        bases: list[tuple[str, QuantRecipe, float | None]] = []
         if ptq_best is not None:
-            bases.append((f"int{self.opt.weight_bits}", QuantRecipe.from_dict(ptq_best.recipe)))
-        if fallbacks:
+            bases.append((f"int{self.opt.weight_bits}", QuantRecipe.from_dict(ptq_best.recipe), ptq_best.score))
+        if fallbacks and fallbacks[-1].score is not None:
             last = fallbacks[-1]
-            bases.append((last.config.split(" (+")[0], QuantRecipe.from_dict(last.recipe)))
+            bases.append((last.config.split(" (+")[0], QuantRecipe.from_dict(last.recipe), last.score))
         if not bases:
-            bases.append((f"int{self.opt.weight_bits}", self._base_recipe()))
-        for label, base in bases:
+            bases.append((f"int{self.opt.weight_bits}", self._base_recipe(), None))
+        for label, base, start in bases:
             for method in self._training_methods():
-                for factor in LR_RETRIES:
-                    recipe = base.replace(method=method.name, qat_epochs=self.opt.qat_epochs,
-                                          lr_scale=min(1.0, base.lr_scale * factor))
-                    config = f"{method.name} {self.opt.qat_epochs} ep, lr x{recipe.lr_scale:g}, {label}"
-                    try:
-                        t = self.trial(method.name, config, recipe, train=True)
-                    except TrainingDivergedError:
-                        self._warn(f"{method.name} diverged at lr_scale {recipe.lr_scale:g}; retrying at a lower "
-                                   "learning rate")
-                        continue
-                    if t.within_budget:
-                        raise _Stop
-                    break
+                self._train_with_retries(method.name, label, base, start)
+
+    def _train_with_retries(self, method: str, label: str, base: QuantRecipe, start: float | None) -> None:
+        """One training method; on divergence (an error, or a collapse far below the PTQ start) retry at
+        a lower learning rate."""
+        collapse = max(COLLAPSE_POINTS, 2 * self.opt.max_drop)
+        for factor in LR_RETRIES:
+            recipe = base.replace(method=method, qat_epochs=self.opt.qat_epochs,
+                                  lr_scale=min(1.0, base.lr_scale * factor))
+            config = f"{method} {self.opt.qat_epochs} ep, lr x{recipe.lr_scale:g}, {label}"
+            try:
+                t = self.trial(method, config, recipe, train=True)
+            except TrainingDivergedError:
+                self._warn(f"{method} diverged at lr_scale {recipe.lr_scale:g}; retrying at a lower learning rate")
+                continue
+            if t.score is not None and start is not None and t.score < start - collapse:
+                t.note = f"diverged: {t.score:.2f} vs {start:.2f} after PTQ"
+                self._save_trials()
+                self._warn(f"{method} at lr_scale {recipe.lr_scale:g} collapsed to {t.score:.2f} (PTQ start "
+                           f"{start:.2f}): treated as diverged; retrying at a lower learning rate")
+                continue
+            if t.within_budget:
+                raise StopSearch
+            return
 
     # --- the run --------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Carve the validation split and measure FP32 on it (the first step of :meth:`run`)."""
+        with self.deadline.armed():
+            self.data = DecisionData.carve(self.workload, self.opt.val_size, self.opt.calib_batch_size, self.opt.seed)
+            self.targets = self.data.targets(self.model)
+            self.reference = predict(self.model, self.data.val_inputs)
+            self.fp_score = self.data.score(self.model, self.targets)
+            self.fp_size = model_size_bytes(self.model)
+        self.log(f"FP32 validation {self.metric}: {self.fp_score:.2f} on {self.data.val_rows} rows carved from "
+                 f"the training data, {self.fp_size / 1024:.1f} KiB; budget: drop <= {self.opt.max_drop:g}")
+        self._check_calibration()
+
     def run(self) -> TuneResult:
         stopped = "searched everything"
-        self.fp_score = math.nan
-        self.fp_size = 0
         interrupted: BaseException | None = None
         try:
-            with self.deadline.armed():
-                self.data = DecisionData.carve(self.workload, self.opt.val_size, self.opt.calib_batch_size,
-                                               self.opt.seed)
-                self.targets = self.data.targets(self.model)
-                self.reference = predict(self.model, self.data.val_inputs)
-                self.fp_score = self.data.score(self.model, self.targets)
-                self.fp_size = model_size_bytes(self.model)
-            self.log(f"FP32 validation {self.metric}: {self.fp_score:.2f} on {self.data.val_rows} rows carved from "
-                     f"the training data, {self.fp_size / 1024:.1f} KiB; budget: drop <= {self.opt.max_drop:g}")
-            self._check_calibration()
+            self.setup()
             ptq_best = self.stage_ptq()
             fallbacks = self.stage_fallback(ptq_best)
             self.stage_train(ptq_best, fallbacks)
-        except _Stop:
+        except StopSearch:
             stopped = "within budget"
         except BudgetExceeded:
             stopped = "time budget"
