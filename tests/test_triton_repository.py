@@ -12,7 +12,7 @@ from quantplug.triton.config import load_config
 from quantplug.triton.repository import add_from_output, add_model, check_repository
 
 
-def tiny_onnx(path: Path, *, batch: str | int = "batch", features: int = 4) -> Path:
+def tiny_onnx(path: Path, *, batch: str | int = "batch", features: int = 4, dynamic_features: bool = False) -> Path:
     """y = Relu(x @ W): a real ONNX graph with input x [batch, features] and output y [batch, 3]."""
     import numpy as np
     import onnx
@@ -21,7 +21,7 @@ def tiny_onnx(path: Path, *, batch: str | int = "batch", features: int = 4) -> P
     w = numpy_helper.from_array(np.ones((features, 3), np.float32), "W")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, "f" if dynamic_features else features])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))

@@ -16,6 +16,7 @@ from quantplug.triton.client import Client, InferError, evaluate_served, infer
 from quantplug.triton.repository import add_model
 from quantplug.triton.server import TritonServer
 
+from .test_triton_repository import tiny_onnx
 from .triton_models import DigitsWorkload, build_models, ort_run
 
 
@@ -51,6 +52,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, models: tuple[Path, Path]) 
     add_model(repo, "cnn_int8", int8, max_batch_size=32)
     broken = add_model(repo, "broken", fp32)
     (broken / "model.onnx").write_bytes(b"this is not an onnx file")
+    add_model(repo, "dyn", tiny_onnx(repo.parent / "dyn.onnx", dynamic_features=True), max_queue_delay_us=50000)
     server = TritonServer(repo, require_all=False)
     with server:
         yield server
@@ -127,7 +129,7 @@ def test_broken_model_is_reported_and_others_serve(served: TritonServer) -> None
     assert sorted(served.failed_models) == ["broken"]
     line = served.failed_models["broken"]
     assert line.startswith("E") and "'broken'" in line  # the server's own error line
-    assert served.ready_models() == ["cnn_fp32", "cnn_int8"]
+    assert served.ready_models() == ["cnn_fp32", "cnn_int8", "dyn"]
     states = served.model_states()
     assert states["broken"]["state"] == "UNAVAILABLE" and states["cnn_int8"]["state"] == "READY"
 
@@ -193,3 +195,26 @@ def test_no_server_at_url_is_one_clear_error(workload) -> None:
 
     with pytest.raises(ServerError, match="no Triton server answers"):
         infer(f"127.0.0.1:{free_port()}", "cnn", {"image": workload.test[0][:1]})
+
+
+def test_model_error_goes_to_its_request_only(served: TritonServer) -> None:
+    """Requests reaching ONNX Runtime with an impossible shape get their own error; batched-in neighbours
+    (same dynamic batch, 50 ms queue delay) still get their results, and the model stays up."""
+    good, bad = np.ones((1, 4), np.float32), np.ones((1, 5), np.float32)
+    results: dict[int, object] = {}
+
+    def send(i: int, x: np.ndarray) -> None:
+        try:
+            results[i] = infer(served.grpc_url, "dyn", {"x": x})["y"]
+        except InferError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=send, args=(i, bad if i == 1 else good)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert isinstance(results[1], InferError) and "MatMul" in str(results[1])
+    for i in (0, 2, 3):
+        np.testing.assert_allclose(results[i], np.full((1, 3), 4.0, np.float32))
+    np.testing.assert_allclose(infer(served.grpc_url, "dyn", {"x": good})["y"], np.full((1, 3), 4.0))

@@ -22,7 +22,8 @@ def command() -> None:
 @click.option("--accelerator", type=click.Choice(["tensorrt"]), default=None,
               help="container flavour: ONNX Runtime's TensorRT execution accelerator (INT8).")
 @click.option("--max-batch-size", type=int, default=64, show_default=True)
-@click.option("--max-queue-delay-us", type=int, default=500, show_default=True)
+@click.option("--max-queue-delay-us", type=int, default=100, show_default=True,
+              help="How long an idle model waits to grow a batch; queued requests never wait longer.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Model instances.")
 @click.option("--kind", type=click.Choice(["KIND_CPU", "KIND_GPU", "KIND_AUTO"]), default=None)
 @click.option("--threads", type=int, default=None, help="Intra-op threads per instance (0/unset: auto).")

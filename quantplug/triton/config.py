@@ -55,7 +55,7 @@ def build_config(
     max_batch_size: int = 64,
     dynamic_batching: bool = True,
     preferred_batch_sizes: Sequence[int] | None = None,
-    max_queue_delay_us: int = 500,
+    max_queue_delay_us: int = 100,
     instance_count: int = 1,
     kind: str = "KIND_CPU",
     warmup: bool = True,
@@ -88,19 +88,18 @@ def build_config(
         db.preferred_batch_size.extend(list(preferred_batch_sizes or []))
     config.instance_group.add(count=instance_count, kind=pb.ModelInstanceGroup.Kind.Value(kind))
     config.version_policy.latest.num_versions = latest_versions
-    if warmup:
-        _add_warmup(config, inputs)
+    if warmup and all(d > 0 for t in config.input for d in t.dims):
+        _add_warmup(config, inputs)  # a dynamic non-batch dim has no size known to be valid: no warm-up
     return config
 
 
 def _add_warmup(config: ModelConfig, inputs: Sequence[TensorSpec]) -> None:
-    """One warm-up request at batch 1 (dynamic non-batch dims set to 1), so the first client is not slow."""
+    """One warm-up request at batch 1, so the first client does not pay for lazy initialisation."""
     pb = _pb()
     sample = config.model_warmup.add(name="warmup_batch1", batch_size=1 if config.max_batch_size > 0 else 0,
                                      count=1)
     for tensor, spec in zip(config.input, inputs, strict=True):
-        dims = [d if d > 0 else 1 for d in tensor.dims]
-        data = pb.ModelWarmup.Input(data_type=tensor.data_type, dims=dims)
+        data = pb.ModelWarmup.Input(data_type=tensor.data_type, dims=list(tensor.dims))
         if spec.dtype in ("TYPE_FP32", "TYPE_FP16", "TYPE_FP64", "TYPE_BF16"):
             data.random_data = True
         else:

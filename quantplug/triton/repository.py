@@ -61,7 +61,7 @@ def add_model(
     max_batch_size: int = 64,
     dynamic_batching: bool = True,
     preferred_batch_sizes: list[int] | None = None,
-    max_queue_delay_us: int = 500,
+    max_queue_delay_us: int = 100,
     instance_count: int = 1,
     kind: str | None = None,
     threads: int | None = None,

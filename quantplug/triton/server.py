@@ -211,7 +211,9 @@ class TritonServer:
                 self.echo(line)
 
     def _error_lines(self) -> list[str]:
-        return [ln for ln in list(self.log) if ln[:1] == "E" and ln[1:5].isdigit()]
+        """Triton's error lines (``E1126 12:00:00.0 pid file:line] "message"``), cut before any traceback."""
+        lines = [ln for ln in list(self.log) if ln[:1] == "E" and ln[1:5].isdigit()]
+        return [ln.split("\\n\\nAt:")[0].split("\\nAt:")[0] for ln in lines]
 
     def _wait_live(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -221,6 +223,8 @@ class TritonServer:
                 if self._reader is not None:
                     self._reader.join(timeout=5)
                 errors = self._error_lines() or list(self.log)[-3:]
+                loads = [ln for ln in errors if "failed to load" in ln]
+                errors = loads or errors  # the cause, not the shutdown noise after it
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} at start: "
                                   f"{' | '.join(errors[-3:]) or 'no output'}")
             try:
