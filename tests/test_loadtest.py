@@ -161,11 +161,11 @@ import time
 
 from locust import events
 
-from quantplug.loadtest.grpc_user import TritonGrpcUser  # noqa: F401
+from quantplug.loadtest.grpc_user import TritonGrpcUser  # noqa: F401  (its listeners come first)
 
 
-@events.quit.add_listener
-def _hang_at_exit(**kwargs):  # like the hang seen with tritonclient: summary printed, then stuck
+@events.test_stop.add_listener
+def _hang_after_results(**kwargs):  # results written, then stuck for good, deaf to SIGTERM
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         time.sleep(1)
@@ -183,6 +183,33 @@ def test_hung_locust_is_killed_and_results_kept(server: TritonServer, tmp_path: 
     assert timings.done is not None and len(timings) == timings.done["records"] > 0
     stats = compute_stats(timings, "fast", batch_size=1, users=1, workers=0)
     assert stats.requests > 0 and stats.failures == 0
+
+
+HANGING_AT_EXIT_LOCUSTFILE = '''
+import signal
+import time
+
+from locust import events
+
+from quantplug.loadtest.grpc_user import TritonGrpcUser  # noqa: F401  (its listeners come first)
+
+
+@events.quit.add_listener
+def _hang_at_exit(**kwargs):  # the hang seen with tritonclient: summary printed, then stuck at exit
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(1)
+'''
+
+
+def test_hang_at_exit_is_ended_by_the_users_watchdog(server: TritonServer, tmp_path: Path) -> None:
+    locustfile = tmp_path / "hanging_at_exit_locustfile.py"
+    locustfile.write_text(HANGING_AT_EXIT_LOCUSTFILE)
+    run = run_locust(tmp_path / "run", server.grpc_url, "fast", users=1, spawn_rate=1, duration_s=2,
+                     batch_size=1, locustfile=locustfile)
+    assert not run.killed and run.returncodes == [0] and run.notes == []
+    assert "forcing exit code 0" in run.log_tail
+    assert read_timings(run.folder).done is not None
 
 
 def test_locustfile_usable_directly(server: TritonServer, tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ logs exact p50/p95/p99 when the test stops.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from typing import Any
 
@@ -37,6 +39,30 @@ from quantplug.loadtest.preflight import describe_model, parse_url, request_spec
 __all__ = ["TritonGrpcUser"]
 
 log = logging.getLogger("quantplug.loadtest")
+_EXIT_WATCHDOG_S = 3.0
+
+
+@events.quit.add_listener
+def _exit_watchdog(exit_code: int = 0, **_: Any) -> None:
+    """End this process with locust's exit code if it is still alive a few seconds after locust quit.
+
+    With tritonclient over gRPC under gevent, locust sometimes prints its summary and then hangs at
+    interpreter exit, ignoring SIGTERM (seen here). The watchdog is a real OS thread (not a greenlet),
+    started after locust has written everything it writes.
+    """
+    from gevent import monkey
+
+    start_thread = monkey.get_original("_thread", "start_new_thread")
+    real_sleep = monkey.get_original("time", "sleep")
+
+    def watchdog() -> None:
+        real_sleep(_EXIT_WATCHDOG_S)
+        sys.stderr.write(f"quantplug: locust did not exit {_EXIT_WATCHDOG_S:.0f} s after quitting "
+                         f"(gRPC hang at exit); forcing exit code {exit_code}\n")
+        sys.stderr.flush()
+        os._exit(exit_code)
+
+    start_thread(watchdog, ())
 
 
 @events.init_command_line_parser.add_listener
