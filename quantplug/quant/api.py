@@ -68,6 +68,8 @@ def quantize(model: nn.Module, recipe: QuantRecipe, calib_data: Any = None, trai
         raise ConfigError(f"method {method.name!r} fine-tunes and needs training data; pass train_data or a workload")
     if getattr(method, "needs_labels", False) and workload is not None and not getattr(workload, "has_labels", True):
         raise ConfigError(f"method {method.name!r} needs labels but workload {workload.name!r} has none; use qad")
+    if example is not None:
+        _check_runs(model, example)
     torch.manual_seed(recipe.seed)
     teacher = copy.deepcopy(model).eval()
     prepare_fn = getattr(method, "prepare", None) or prepare
@@ -80,6 +82,21 @@ def quantize(model: nn.Module, recipe: QuantRecipe, calib_data: Any = None, trai
     result.quantplug_recipe = recipe  # type: ignore[assignment]
     result.quantplug_log = ctx.log  # type: ignore[assignment]
     return result
+
+
+def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*example)
+    except Exception as e:
+        shapes = ", ".join(f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+                           for t in example)
+        raise ConfigError(f"the FP32 model fails on the first calibration batch (inputs: {shapes}): "
+                          f"{type(e).__name__}: {e}; the data must yield batches shaped like the model's inputs") from e
+    finally:
+        model.train(was_training)
 
 
 def compare_calibrators(model: nn.Module, recipe: QuantRecipe, calib_data: Any, names: list[str] | None = None, *,

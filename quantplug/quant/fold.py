@@ -52,6 +52,7 @@ def fold_bn_fx(gm: fx.GraphModule) -> list[str]:
         gm.graph.erase_node(node)
         folded.append(str(node.target))
     gm.graph.lint()
+    gm.delete_all_unused_submodules()
     gm.recompile()
     return folded
 

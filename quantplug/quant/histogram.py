@@ -49,13 +49,14 @@ class Histogram:
         x = x.detach().float().reshape(-1)
         if x.numel() == 0:
             return
-        if not bool(torch.isfinite(x).all()):
+        lo_t, hi_t = torch.aminmax(x)  # NaN propagates into both, and an Inf shows as a bound
+        lo, hi = float(lo_t), float(hi_t)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())
             raise CalibrationError(
                 f"activation {name!r} has {bad} NaN/Inf value(s) in calibration batch {self.batches + 1}; "
                 "check the model's FP32 output on this data (input normalisation, weights) before quantizing"
             )
-        lo, hi = float(x.min()), float(x.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         if self.width == 0.0:
             span = hi - lo
@@ -65,8 +66,8 @@ class Histogram:
             self.width = span * (1 + 1e-6) / self.bins
         elif lo < self.low or hi >= self.high:
             self._grow(lo, hi)
-        idx = torch.clamp(((x - self.low) / self.width).long(), 0, self.bins - 1)
-        self.counts += torch.bincount(idx, minlength=self.bins).double().numpy()
+        counts = torch.histc(x, self.bins, min=self.low, max=self.low + self.bins * self.width)
+        self.counts += counts.double().numpy()
         self.batches += 1
 
     def _grow(self, lo: float, hi: float) -> None:

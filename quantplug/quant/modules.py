@@ -27,6 +27,17 @@ class _WeightQuantMixin:
     def qweight(self) -> torch.Tensor:
         return self.weight_quant(self.weight)  # type: ignore[attr-defined]
 
+    def qbias(self) -> torch.Tensor | None:
+        """The bias rounded to INT32 at scale ``input_scale * weight_scale`` when the runtime will run it so
+        (see :func:`quantplug.export.passes.quantize_biases`); set up by ``prepare`` via ``bias_input_quant``."""
+        b: torch.Tensor | None = self.bias  # type: ignore[attr-defined]
+        src: ActQuantizer | None = getattr(self, "bias_input_quant", None)
+        wq = self.weight_quant
+        if b is None or src is None or src.mode != "quant" or wq.frozen is not None or not wq.enabled or wq.group_size:
+            return b
+        s = (src.scale * wq.scale(self.weight)).detach()  # type: ignore[attr-defined]
+        return b + (torch.round(b / s) * s - b).detach()
+
 
 class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
     @classmethod
@@ -46,7 +57,7 @@ class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        return self._conv_forward(x, self.qweight(), self.bias)
+        return self._conv_forward(x, self.qweight(), self.qbias())
 
 
 class QuantLinear(nn.Linear, _WeightQuantMixin):
@@ -65,7 +76,7 @@ class QuantLinear(nn.Linear, _WeightQuantMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        return F.linear(x, self.qweight(), self.bias)
+        return F.linear(x, self.qweight(), self.qbias())
 
 
 class QuantEmbedding(nn.Embedding, _WeightQuantMixin):

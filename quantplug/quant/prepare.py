@@ -109,6 +109,8 @@ def _swap(root: nn.Module, recipe: QuantRecipe, scheme: Scheme, report: PrepareR
             iq = _act(f"{name}.input", recipe, scheme) if with_input_quant else None
             cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
             new = cls.from_float(module, wq, name, iq)  # type: ignore[attr-defined,arg-type]
+            if iq is not None and quantize_outputs(scheme):
+                object.__setattr__(new, "bias_input_quant", iq)
         _set_submodule(root, name, new)
         report.layers[name] = bits
 
@@ -213,6 +215,13 @@ def _place_fx(gm: fx.GraphModule, recipe: QuantRecipe, scheme: Scheme, report: P
         if node in need and node not in assigned:
             src = _passthrough_source(node, modules)
             assigned[node] = assigned[src] if src is not None and src in assigned else new_quantizer(node)
+
+    if with_outputs:  # the runtime will round biases to INT32 at input_scale * weight_scale: train that too
+        for node in graph.nodes:
+            mod = modules.get(str(node.target)) if node.op == "call_module" else None
+            src = node.args[0] if node.args else None
+            if isinstance(mod, QuantConv2d | QuantLinear) and isinstance(src, fx.Node) and src in assigned:
+                object.__setattr__(mod, "bias_input_quant", gm.get_submodule(assigned[src]))
 
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     for node, qname in assigned.items():

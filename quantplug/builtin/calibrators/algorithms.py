@@ -63,6 +63,17 @@ def _one_sided(h: Histogram, symmetric: bool) -> tuple[np.ndarray, float]:
     return h.abs_counts()
 
 
+def _smooth(d: np.ndarray, eps: float = 1e-6) -> np.ndarray | None:
+    """A normalised distribution with every empty bin given ``eps`` of the mass."""
+    zeros = d == 0
+    n_zero = int(zeros.sum())
+    if n_zero == len(d) or eps * n_zero >= 1.0:
+        return None
+    out = d.astype(np.float64) * (1.0 - eps * n_zero)
+    out[zeros] = eps
+    return out
+
+
 def entropy_range(h: Histogram, symmetric: bool, bits: int = 8) -> tuple[float, float]:
     """TensorRT-style KL calibration: the threshold whose quantized distribution diverges least."""
     counts, width = _one_sided(h, symmetric)
@@ -87,15 +98,16 @@ def entropy_range(h: Histogram, symmetric: bool, bits: int = 8) -> tuple[float, 
         bucket = np.repeat(np.arange(levels), np.diff(edges))
         per_bin = np.divide(sums, nz, out=np.zeros_like(sums), where=nz > 0)[bucket]
         q = np.where(nonzero, per_bin, 0.0)
-        # Compare as distributions (TensorRT uses p with outliers folded in against q without).
+        # Compare as distributions (TensorRT/MXNet: p with outliers folded in, q without; both smoothed so
+        # that a bin empty in one and not the other costs a finite amount).
         ps, qs = p.sum(), q.sum()
         if qs == 0:
             continue
-        pn, qn = p / ps, q / qs
-        mask = nonzero & (qn > 0)
+        pn, qn = _smooth(p / ps), _smooth(q / qs)
+        if pn is None or qn is None:
+            continue
+        mask = pn > 0
         kl = float(np.sum(pn[mask] * np.log(pn[mask] / qn[mask])))
-        if (nonzero & (qn == 0)).any():
-            kl = np.inf
         if kl < best_kl:
             best_kl, best_t = kl, i
     return _finish(h, (best_t + 0.5) * width, symmetric)
