@@ -152,7 +152,7 @@ class HotWorkload:
 
 def test_qat_divergence_is_retried_at_a_lower_learning_rate(mnist, registry, tmp_path: Path) -> None:
     model, workload = mnist
-    tuner = Tuner(model, HotWorkload(workload), small(max_drop=0.5, qat_epochs=1, max_train_batches=20),
+    tuner = Tuner(model, HotWorkload(workload), small(max_drop=0.5, qat_epochs=1, max_train_batches=5),
                   tmp_path, registry=registry, log=lambda m: None)
     tuner.setup()
     ptq = tuner.trial("ptq", "ptq/max int8", tuner._base_recipe().replace(calibrator="max"))

@@ -157,18 +157,23 @@ def plot_sensitivity(rows: list[LayerSensitivity], path: str | Path, *, title: s
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    ordered = sorted(rows, key=lambda r: r.drop)
-    height = max(2.5, 0.32 * len(ordered) + 1.2)
-    fig, ax = plt.subplots(figsize=(8, height))
+    ordered = sorted(rows, key=lambda r: (r.drop, r.output_error))
+    height = max(2.5, 0.32 * len(ordered) + 1.4)
+    fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(11, height), sharey=True,
+                                     gridspec_kw={"width_ratios": [3, 2]})
+    names = [r.layer for r in ordered]
     colors = ["#c0392b" if budget is not None and r.drop > budget else "#2e86c1" for r in ordered]
-    ax.barh([r.layer for r in ordered], [r.drop for r in ordered], color=colors)
+    ax.barh(names, [r.drop for r in ordered], color=colors)
     ax.axvline(0, color="black", linewidth=0.8)
     if budget is not None:
         ax.axvline(budget, color="#c0392b", linestyle="--", linewidth=1, label=f"budget {budget:g} pts")
         ax.legend(loc="lower right")
     bits = ordered[0].bits if ordered else 8
-    ax.set_xlabel(f"drop in points with only this layer at {'INT4 weights' if bits == 4 else 'INT8'}")
-    ax.set_title(title or "per-layer quantization sensitivity")
+    ax.set_xlabel(f"metric drop (points), only this layer at {'INT4 weights' if bits == 4 else 'INT8'}")
+    ax.set_title(title or "per-layer quantization sensitivity", loc="left")
+    ax_err.barh(names, [max(r.output_error, 1e-12) for r in ordered], color="#7d3c98")
+    ax_err.set_xscale("log")
+    ax_err.set_xlabel("output error vs FP32 (relative MSE, log)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
