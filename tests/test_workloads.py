@@ -13,11 +13,13 @@ import torch
 from quantplug.builtin.workloads import builtin_workloads
 from quantplug.builtin.workloads._base import predict
 from quantplug.builtin.workloads._data import content_hashes, stratified_split
+from quantplug.builtin.workloads.minilm import cosine_scores
+from quantplug.builtin.workloads.resnet import synthetic_images
 from quantplug.errors import ConfigError
 from quantplug.plugins import get_plugin_manager
 from quantplug.registry import build_registry
 
-NAMES = {"mnist-cnn", "mnist-resnet", "digits-mobilenet"}
+NAMES = {"mnist-cnn", "mnist-resnet", "digits-mobilenet", "resnet18", "resnet50", "minilm"}
 TRAINED = ("mnist-cnn", "digits-mobilenet")
 
 
@@ -121,3 +123,97 @@ def test_accuracy_score_on_hand_made_arrays(workloads):  # type: ignore[no-untyp
     assert w.score(outputs, np.array([1, 0, 2, 2])) == {"accuracy": 75.0}
     with pytest.raises(ConfigError):
         w.score(outputs, np.array([1, 0]))
+
+
+# --- resnet18 / resnet50: synthetic data, fidelity to FP32 --------------------------------------------
+
+
+def test_synthetic_images_are_deterministic_and_streams_differ():
+    a = synthetic_images(1, 0, 0, 2, size=32)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, synthetic_images(1, 0, 0, 2, size=32))
+    assert not torch.equal(a, synthetic_images(2, 0, 0, 2, size=32))
+    assert not torch.equal(a, synthetic_images(1, 1, 0, 2, size=32))
+
+
+def test_resnet18_contract_and_fidelity_targets(workloads):  # type: ignore[no-untyped-def]
+    w = workloads["resnet18"]
+    assert not w.has_labels
+    model = w.build_model(seed=0, progress=False)
+    inputs, targets = w.test_set()
+    x = inputs["input"]
+    assert x.shape == (128, 3, 224, 224) and x.dtype == np.float32 and targets.shape == (128,)
+    assert len(np.unique(targets)) > 50  # predictions vary by image, not one class for all
+    out = predict(model, x[:8], batch_size=8)
+    assert out.shape == (8, 1000) and np.array_equal(out.argmax(1), targets[:8])
+    (ex,) = w.example_inputs(batch_size=2)
+    assert ex.shape == (2, 3, 224, 224)
+    calib = list(w.calibration_batches(4, num_batches=3))
+    assert len(calib) == 3 and not content_hashes(np.concatenate([c[0].numpy() for c in calib])) & content_hashes(x)
+    (xb,), yb = next(iter(w.train_batches(2)))
+    assert xb.shape == (2, 3, 224, 224) and yb is None
+    with pytest.raises(ConfigError, match="no labels"):
+        w.loss(torch.zeros(2, 1000), None)
+
+
+def test_resnet_score_on_hand_made_arrays(workloads):  # type: ignore[no-untyped-def]
+    w = workloads["resnet50"]
+    outputs = np.zeros((4, 1000), dtype=np.float32)
+    outputs[0, 7] = 3.0  # top-1 is the target
+    outputs[1, [1, 2, 3, 4, 5]] = [9, 8, 7, 6, 5]  # target 5 is 5th
+    outputs[2, [10, 11]] = [2, 1]  # target 11 is 2nd
+    outputs[3, :6] = [6, 5, 4, 3, 2, 1]  # target 999 far down
+    scores = w.score(outputs, np.array([7, 5, 11, 999]))
+    assert scores == {"accuracy": 25.0, "top5_agreement": 75.0}
+
+
+# --- minilm ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm(workloads):  # type: ignore[no-untyped-def]
+    w = workloads["minilm"]
+    return w, w.build_model(progress=False)
+
+
+def test_minilm_embeddings_are_unit_norm_and_similarity_behaves(minilm):  # type: ignore[no-untyped-def]
+    w, model = minilm
+    inputs, targets = w.test_set()
+    assert inputs["input_ids"].shape == (500, 128) and inputs["input_ids"].dtype == np.int64
+    assert inputs["attention_mask"].dtype == np.int64 and targets.shape == (500, 384)
+    np.testing.assert_allclose(np.linalg.norm(targets, axis=1), 1.0, atol=1e-5)
+
+    first = {k: v[[0, 0, 1]] for k, v in inputs.items()}  # sentence 0 twice, then sentence 1
+    emb = w.embed(model, first)
+    np.testing.assert_allclose(emb[:2], targets[[0, 0]], atol=1e-5)  # cached targets are this model's output
+    assert float(emb[0] @ emb[1]) == pytest.approx(1.0, abs=1e-6)
+    assert float(emb[0] @ emb[2]) < 0.95
+    assert w.score(targets, targets)["cosine"] == pytest.approx(1.0)
+
+
+def test_minilm_text_splits_are_disjoint_real_sentences(minilm):  # type: ignore[no-untyped-def]
+    w, _ = minilm
+    train, test = w.sentences("train"), w.sentences("test")
+    assert len(test) == 500 and len(train) >= 2000 and not set(train) & set(test)
+    assert all(s[0].isupper() and s.endswith(".") for s in test)
+    test_rows = {tuple(r) for r in w.test_set()[0]["input_ids"]}
+    batches = list(w.calibration_batches(64, seed=0))
+    assert sum(len(ids) for ids, _ in batches) == len(train)
+    assert not {tuple(r) for ids, _ in batches for r in ids.numpy()} & test_rows
+    (ids, mask), labels = next(iter(w.train_batches(8)))
+    assert ids.shape == mask.shape == (8, 128) and ids.dtype == torch.int64 and labels is None
+    with pytest.raises(ConfigError, match="no labels"):
+        w.loss(torch.zeros(8, 384), None)
+
+
+def test_cosine_scores_on_hand_made_arrays():
+    t = np.eye(4, 3)[[0, 1, 2, 0]] + np.array([[0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 1, 0]])
+    scores = cosine_scores(t * 2.0, t, k=2)  # scale does not matter
+    assert scores == pytest.approx({"cosine": 1.0, "cosine_worst": 1.0, "top10_agreement": 1.0})
+    o = t.copy()
+    o[0] = [0.0, 1.0, 0.0]  # row 0 now orthogonal to its reference
+    s = cosine_scores(o, t, k=1)
+    assert s["cosine_worst"] == pytest.approx(0.0, abs=1e-12)
+    assert s["cosine"] == pytest.approx(0.75)
+    assert 0.0 < s["top10_agreement"] < 1.0
+    with pytest.raises(ConfigError):
+        cosine_scores(o[:2], t)

