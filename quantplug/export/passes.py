@@ -145,7 +145,11 @@ def _int_tensor(name: str, values: np.ndarray, dtype: int) -> Any:
     if dtype == onnx.TensorProto.INT8:
         return numpy_helper.from_array(values.astype(np.int8), name)
     flat = values.astype(np.int8).reshape(-1)
-    return helper.make_tensor(name, dtype, list(values.shape), flat.tolist())
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int8)])
+    nibbles = (flat.astype(np.uint8) & 0x0F).reshape(-1, 2)
+    packed = (nibbles[:, 0] | (nibbles[:, 1] << 4)).astype(np.uint8)  # first element in the low nibble
+    return helper.make_tensor(name, dtype, list(values.shape), packed.tobytes(), raw=True)
 
 
 def _initializer_map(graph: object) -> dict[str, object]:
