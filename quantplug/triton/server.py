@@ -74,7 +74,13 @@ def _set_pdeathsig() -> None:  # runs in the child: new session, and die with th
 
 
 class TritonServer:
-    """Serve ``repository`` with the bundled Triton; a context manager (``with TritonServer(repo) as s``)."""
+    """Serve ``repository`` with the bundled Triton; a context manager (``with TritonServer(repo) as s``).
+
+    Ports left as None are picked free on ``host``; a given port that is taken is a :class:`ServerError`.
+    ``require_all``: raise (and stop) when any model fails to load; with False the others keep serving and
+    ``failed_models`` maps each failed model to the server's own error line. On Linux the server gets
+    SIGTERM if the thread that started it dies, so a crashed caller leaves nothing behind.
+    """
 
     def __init__(
         self,
