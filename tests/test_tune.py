@@ -79,9 +79,12 @@ def test_ptq_within_budget_saves_best_after_every_trial(mnist, registry, tmp_pat
     assert data["winner"] == winner.index and data["winning_recipe"] == winner.recipe
     assert len(data["trials"]) == len(calibrators) and data["advice"]["choice"] == "ptq"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["workload"] == "mnist-cnn" and metrics["test"]["rows"] == 1000
+    assert metrics["workload"] == "mnist-cnn" and metrics["test_size"] == 1000
+    assert metrics["method"] == "ptq" and metrics["calibrator"] == winner.recipe["calibrator"]
+    assert metrics["sizes"]["model.onnx"] == (out / "model.onnx").stat().st_size
     # the held-out numbers come from the saved model.onnx under ONNX Runtime and stay close to FP32
-    assert metrics["test"]["drop"] < 2.0 and metrics["test"]["fp32"] > 95
+    fp, q = metrics["fp32"]["onnxruntime"]["accuracy"], metrics["quantized"]["onnxruntime"]["accuracy"]
+    assert fp > 95 and fp - q < 2.0 and data["test"]["drop"] == fp - q
     text = summary(result)
     assert "| #" in text and "ptq/" in text and "held-out test accuracy" in text
 

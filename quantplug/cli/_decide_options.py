@@ -25,21 +25,29 @@ def model_args_from(workload: str | None, model_spec: str | None, data_spec: str
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--workload W`` or ``--model SPEC --data SPEC``."""
+    f = click.option("--weights", default=None, type=click.Path(dir_okay=False),
+                     help="state_dict for --model (torch.save).")(f)
     f = click.option("--data", "data_spec", default=None, metavar="SPEC",
-                     help="Data factory for --model (see `quantplug quantize --help`).")(f)
+                     help="Your data factory, package.module:make_data (see quantplug.user).")(f)
     f = click.option("--model", "model_spec", default=None, metavar="SPEC",
-                     help="A trained model: module.py:factory or package.module:factory.")(f)
+                     help="Your model factory, package.module:build (returns an nn.Module).")(f)
     f = click.option("--workload", default=None, help="A registered workload (see `quantplug plugins`).")(f)
     return f
 
 
 def load_model_and_workload(registry: Any, workload: str | None, model_spec: str | None, data_spec: str | None,
-                            *, seed: int = 0, progress: bool = True) -> tuple[Any, Any]:
+                            *, weights: str | None = None, seed: int = 0, progress: bool = True) -> tuple[Any, Any]:
     """The FP32 model and the workload-like object that provides its data and metric."""
     model_args_from(workload, model_spec, data_spec)  # validates the combination
     if workload is None and model_spec is None:
         raise ConfigError("name the model: --workload W (see `quantplug plugins`) or --model SPEC --data SPEC")
     if workload is not None:
+        if weights:
+            raise ConfigError("--weights goes with --model, not --workload")
         wl = registry.workload(workload)
         return wl.build_model(seed=seed, progress=progress), wl
-    raise ConfigError("--model/--data is not available yet; use --workload W")
+    from ..user import UserWorkload
+
+    assert model_spec is not None
+    wl = UserWorkload(model_spec, data_spec, weights)
+    return wl.build_model(seed=seed, progress=progress), wl

@@ -21,7 +21,7 @@ from ._decide_options import load_model_and_workload, model_options
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the per-layer results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(workload: str | None, model_spec: str | None, data_spec: str | None, weight_bits: str, target: str,
+def command(workload: str | None, model_spec: str | None, data_spec: str | None, weights: str | None, weight_bits: str, target: str,
             calibrator: str, calib_batches: int, val_size: int, seed: int, output: str, json_path: str | None,
             quiet: bool) -> None:
     """Quantize one layer at a time and show how much each one costs (most sensitive first)."""
@@ -30,8 +30,9 @@ def command(workload: str | None, model_spec: str | None, data_spec: str | None,
     from ..report.io import write_json_atomic
 
     registry = build_registry()
-    registry.backend(target)
-    model, wl = load_model_and_workload(registry, workload, model_spec, data_spec, seed=seed, progress=not quiet)
+    registry.backend(target)  # unknown names fail before the model loads
+    registry.calibrator(calibrator)
+    model, wl = load_model_and_workload(registry, workload, model_spec, data_spec, weights=weights, seed=seed, progress=not quiet)
     report = run_sensitivity(model, wl, weight_bits=int(weight_bits), target=target, calibrator=calibrator,
                              calib_batches=calib_batches, val_size=val_size, seed=seed, registry=registry,
                              progress=not quiet)

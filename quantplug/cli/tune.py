@@ -28,7 +28,7 @@ from ._decide_options import load_model_and_workload, model_options
 @click.option("--output", required=True, type=click.Path(file_okay=False),
               help="Folder for the best model (quantize --output layout) and trials.json.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(workload: str | None, model_spec: str | None, data_spec: str | None, max_drop: float,
+def command(workload: str | None, model_spec: str | None, data_spec: str | None, weights: str | None, max_drop: float,
             weight_bits: str, target: str, time_budget: float | None, seed: int, calib_batches: int,
             calib_batch_size: int, val_size: int, qat_epochs: int, measure_speed: bool, output: str,
             quiet: bool) -> None:
@@ -43,7 +43,7 @@ def command(workload: str | None, model_spec: str | None, data_spec: str | None,
                           measure_speed=measure_speed, progress=not quiet)
     registry = build_registry()
     registry.backend(target)  # an unknown target fails now, listing the valid ones
-    model, wl = load_model_and_workload(registry, workload, model_spec, data_spec, seed=seed, progress=not quiet)
+    model, wl = load_model_and_workload(registry, workload, model_spec, data_spec, weights=weights, seed=seed, progress=not quiet)
     tuner = Tuner(model, wl, options, output, registry=registry, log=lambda m: click.echo(m, err=True))
     click.echo(f"advise: {tuner.advice.choice.upper()} ({tuner.advice.rule}); tuning cheapest first...", err=True)
     try:

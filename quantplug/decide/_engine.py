@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def compare_calibrators(model: Any, recipe: Any, calib: Any, names: list[str], *
 
 
 def write_artifacts(output: Path, qmodel: Any, fp_model: Any, recipe: Any, workload: Any,
-                    metrics: dict[str, Any], *, registry: Any = None, write_fp32: bool = True) -> None:
+                    metrics: Callable[[], dict[str, Any]], *, registry: Any = None, write_fp32: bool = True) -> None:
     """Write ``output`` in the layout of ``quantplug quantize --output`` (each file atomically):
     ``model.onnx`` (quantized), ``model_fp32.onnx``, ``recipe.json``, ``metrics.json``."""
     from ..export import export_fp32
@@ -71,7 +71,7 @@ def write_artifacts(output: Path, qmodel: Any, fp_model: Any, recipe: Any, workl
         export_fp32(fp_model, tuple(workload.example_inputs(1)), output / "model_fp32.onnx",
                     _names(workload, "input_names"), _names(workload, "output_names"))
     recipe.save(output / "recipe.json")
-    write_json_atomic(output / "metrics.json", metrics)
+    write_json_atomic(output / "metrics.json", metrics())  # last: it may describe the files above
 
 
 def _names(workload: Any, attr: str) -> list[str] | None:

@@ -9,7 +9,6 @@ the model was calibrated or fine-tuned on.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,23 @@ def _keep(inputs: tuple[torch.Tensor, ...], held: set[str]) -> torch.Tensor | No
     return None if bool(mask.all()) else mask
 
 
+def _as_tuple(batch: Any) -> tuple[Any, ...]:
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2 and isinstance(batch[0], (tuple, list)):  # (inputs, labels)
+            return tuple(batch[0])
+        return tuple(batch)
+    if isinstance(batch, dict):
+        return tuple(batch.values())
+    return (batch,)
+
+
+def _take(iterable: Any, n: int) -> Iterator[Any]:
+    for i, item in enumerate(iterable):
+        if i >= n:
+            return
+        yield item
+
+
 def predict(model: Any, inputs: tuple[torch.Tensor, ...], batch_size: int = 256) -> np.ndarray:
     """The model's first output over ``inputs`` in batches, without gradients, as numpy."""
     import torch
@@ -68,29 +84,51 @@ class DecisionData:
     batch_size: int
     seed: int
 
+    source: str = "train"  # where the validation rows came from: "train" or "calibration" batches
+
     @classmethod
     def carve(cls, workload: Any, val_size: int = 500, batch_size: int = 32, seed: int = 0) -> DecisionData:
-        """Take ``val_size`` rows of the training data (at most a fifth of it) as the validation split."""
+        """Take ``val_size`` rows of the training data (at most a fifth of it) as the validation split.
+
+        Without training batches (a user data object with calibration data only) the rows come from the
+        calibration batches and the targets are the FP32 model's own predictions (agreement with FP32).
+        """
         import torch
 
         if val_size < 1:
             raise ConfigError(f"validation size {val_size} must be at least 1 (500 recommended)")
-        total = sum(int(tuple(inputs)[0].shape[0]) for inputs, _ in workload.train_batches(batch_size, seed=VAL_SEED))
+        def train_stream() -> Iterator[tuple[tuple[Any, ...], Any]]:
+            for inputs, y in workload.train_batches(batch_size, seed=VAL_SEED):
+                yield _as_tuple(inputs), y
+
+        def calib_stream() -> Iterator[tuple[tuple[Any, ...], Any]]:
+            for b in _take(workload.calibration_batches(batch_size, seed=VAL_SEED), 10_000):
+                yield _as_tuple(b), None
+
+        source, stream = "train", train_stream
+        try:
+            total = sum(int(inputs[0].shape[0]) for inputs, _ in stream())  # a counting pass, nothing kept
+        except ConfigError:  # no training data
+            total = 0
+        if total == 0:
+            source, stream = "calibration", calib_stream
+            total = sum(int(inputs[0].shape[0]) for inputs, _ in stream())
+        if total < 2:
+            raise ConfigError(f"workload {workload.name} yields fewer than 2 rows; a validation split needs data")
         val_size = max(1, min(val_size, int(total * MAX_VAL_FRACTION)))
-        want = math.ceil(val_size / batch_size)
         parts: list[tuple[torch.Tensor, ...]] = []
         labels: list[torch.Tensor] = []
-        for i, (inputs, y) in enumerate(workload.train_batches(batch_size, seed=VAL_SEED + seed)):
-            if i >= want:
+        rows = 0
+        for inputs, y in stream():
+            if rows >= val_size:
                 break
-            parts.append(tuple(inputs))
+            parts.append(inputs)
+            rows += int(inputs[0].shape[0])
             if y is not None:
                 labels.append(y)
-        if not parts:
-            raise ConfigError(f"workload {workload.name} yields no training batches; a validation split needs data")
         val_inputs = tuple(torch.cat([p[k] for p in parts])[:val_size] for k in range(len(parts[0])))
-        val_labels = torch.cat(labels)[:val_size] if labels else None
-        return cls(workload, val_inputs, val_labels, set(_row_hashes(val_inputs)), batch_size, seed)
+        val_labels = torch.cat(labels)[:val_size] if labels and len(labels) == len(parts) else None
+        return cls(workload, val_inputs, val_labels, set(_row_hashes(val_inputs)), batch_size, seed, source)
 
     @property
     def val_rows(self) -> int:
@@ -100,7 +138,10 @@ class DecisionData:
         """What ``workload.score`` compares against: labels, or the FP32 model's outputs (fidelity)."""
         if self.val_labels is not None and getattr(self.workload, "has_labels", True):
             return self.val_labels.numpy()
-        return predict(fp_model, self.val_inputs)
+        reference = predict(fp_model, self.val_inputs)
+        if getattr(self.workload, "metric", "accuracy") == "accuracy" and reference.ndim == 2:
+            return reference.argmax(axis=1)  # agreement with the FP32 model's predictions
+        return reference
 
     def score(self, model: Any, targets: np.ndarray) -> float:
         """The workload's primary metric of ``model`` on the validation split."""
@@ -119,24 +160,42 @@ class DecisionData:
         return score, err
 
     def calibration(self, num_batches: int, batch_size: int | None = None) -> list[tuple[torch.Tensor, ...]]:
-        """``num_batches`` input batches from the training data, validation rows removed."""
+        """``num_batches`` input batches from the calibration data, validation rows removed (passes repeat,
+        reshuffled, when one pass is shorter)."""
         bs = batch_size or self.batch_size
         out: list[tuple[torch.Tensor, ...]] = []
-        stream = self.workload.calibration_batches(bs, seed=self.seed, num_batches=num_batches * 2 + 2)
-        for batch in stream:
-            inputs = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-            mask = _keep(inputs, self.held)
-            if mask is not None:
-                if not bool(mask.any()):
-                    continue
-                inputs = tuple(t[mask] for t in inputs)
-            out.append(inputs)
-            if len(out) >= num_batches:
+        for attempt in range(8):  # further passes with other seeds; a pass with no usable row ends it
+            try:
+                stream = self.workload.calibration_batches(bs, seed=self.seed + attempt,
+                                                           num_batches=num_batches * 2 + 2)
+            except TypeError:  # a data object without num_batches: one pass per call
+                stream = self.workload.calibration_batches(bs, seed=self.seed + attempt)
+            before = len(out)
+            for batch in stream:
+                inputs = _as_tuple(batch)
+                mask = _keep(inputs, self.held)
+                if mask is not None:
+                    if not bool(mask.any()):
+                        continue
+                    inputs = tuple(t[mask] for t in inputs)
+                out.append(inputs)
+                if len(out) >= num_batches:
+                    return out
+            if len(out) == before:
                 break
+        if not out:
+            raise ConfigError("no calibration batch is left outside the validation split; give more calibration "
+                              "data or a smaller --val-size")
         return out
 
+    @property
+    def has_training(self) -> bool:
+        return self.source == "train"
+
     def available_rows(self) -> int:
-        """How many training rows remain outside the validation split (one epoch)."""
+        """How many rows remain outside the validation split (one pass)."""
+        if not self.has_training:
+            return sum(int(b[0].shape[0]) for b in self.calibration(10_000))
         return sum(int(inputs[0].shape[0]) for inputs, _ in self.training_epoch(0))
 
     def training_epoch(self, epoch: int, batch_size: int | None = None,
@@ -146,7 +205,7 @@ class DecisionData:
         for i, (inputs, labels) in enumerate(self.workload.train_batches(bs, seed=self.seed * 1000 + epoch + 1)):
             if max_batches is not None and i >= max_batches:
                 return
-            inputs = tuple(inputs)
+            inputs = _as_tuple(inputs)
             mask = _keep(inputs, self.held)
             if mask is not None:
                 if not bool(mask.any()):

@@ -203,7 +203,8 @@ class Tuner:
         if better(t, self.best):
             self.best = t
             with shielded():
-                _engine.write_artifacts(self.output, qmodel, self.model, recipe, self.workload, self._metrics(t),
+                _engine.write_artifacts(self.output, qmodel, self.model, recipe, self.workload,
+                                        lambda: self._metrics(t),
                                         registry=self.registry, write_fp32=not self._fp32_written)
                 self._fp32_written = True
         self._save_trials()
@@ -212,9 +213,22 @@ class Tuner:
         return t
 
     def _metrics(self, t: Trial) -> dict[str, Any]:
-        return {"workload": getattr(self.workload, "name", None), "metric": self.metric,
-                "validation": {"fp32": self.fp_score, "quantized": t.score, "drop": t.drop},
-                "size_bytes": t.size_bytes, "fp32_size_bytes": self.fp_size, "trial": t.index, "tuned": True}
+        """metrics.json, with the keys ``quantplug quantize`` writes where they apply, plus the tuning."""
+        r = t.recipe
+        out: dict[str, Any] = {
+            "workload": getattr(self.workload, "name", None), "metric": self.metric,
+            "method": r["method"], "calibrator": r["calibrator"], "target": r["target"],
+            "weight_bits": r["weight_bits"], "activation_bits": r["activation_bits"],
+            "tune": {"trial": t.index, "config": t.config, "max_drop": self.opt.max_drop,
+                     "validation": {"rows": self.data.val_rows, "source": self.data.source, "fp32": self.fp_score,
+                                    "quantized": t.score, "drop": t.drop},
+                     "estimated_weight_bytes": t.size_bytes, "fp32_weight_bytes": self.fp_size},
+        }
+        q, fp = self.output / "model.onnx", self.output / "model_fp32.onnx"
+        if q.is_file() and fp.is_file():
+            out["sizes"] = {"model.onnx": q.stat().st_size, "model_fp32.onnx": fp.stat().st_size,
+                            "ratio": round(q.stat().st_size / fp.stat().st_size, 4)}
+        return out
 
     def _save_trials(self, extra: dict[str, Any] | None = None) -> None:
         with shielded():
@@ -313,6 +327,8 @@ class Tuner:
         return rows
 
     def _training_methods(self) -> list[Any]:
+        if not self.data.has_training:
+            return []  # no training batches: QAT/QAD cannot run
         methods = [self.registry.method(n) for n in self.registry.names("methods")]
         trainers = [m for m in methods if getattr(m, "needs_training_data", False)
                     and (self.has_labels or not getattr(m, "needs_labels", False))]
@@ -396,8 +412,13 @@ class Tuner:
         winner = self.best
         test: dict[str, Any] = {}
         if winner is not None and stopped != "interrupted":
-            test = self._test_numbers(winner)
-            metrics = {**self._metrics(winner), "test": test}
+            has_test = getattr(self.workload, "has_test_set", lambda: True)()
+            test = self._test_numbers(winner) if has_test and hasattr(self.workload, "test_set") else {}
+            metrics = self._metrics(winner)
+            if test:
+                metrics.update({"fp32": {"onnxruntime": test["fp32_scores"]},
+                                "quantized": {"onnxruntime": test["quantized_scores"]},
+                                "test_size": test["rows"]})
             with shielded():
                 write_json_atomic(self.output / "metrics.json", metrics)
         result = TuneResult(self.trials, winner, self.fp_score, self.metric, self.advice, self.explain(winner),
@@ -416,10 +437,11 @@ class Tuner:
         if not self.has_labels:
             targets = predict(self.model, tensors)
         qmodel = _engine.load_saved(self.output)
-        fp = float(self.workload.score(predict(self.model, tensors), targets)[self.metric])
-        q = float(self.workload.score(predict(qmodel, tensors), targets)[self.metric])
+        fp_scores = dict(self.workload.score(predict(self.model, tensors), targets))
+        q_scores = dict(self.workload.score(predict(qmodel, tensors), targets))
+        fp, q = float(fp_scores[self.metric]), float(q_scores[self.metric])
         return {"rows": int(tensors[0].shape[0]), "fp32": fp, "quantized": q, "drop": fp - q,
-                "evaluated_with": _engine.SAVED_EVALUATOR}
+                "fp32_scores": fp_scores, "quantized_scores": q_scores, "evaluated_with": _engine.SAVED_EVALUATOR}
 
     def explain(self, winner: Trial | None) -> str:
         a = self.advice
