@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from quantplug.builtin.workloads import builtin_workloads
-from quantplug.builtin.workloads._base import predict
+from quantplug.builtin.workloads._base import predict, weights_path
 from quantplug.builtin.workloads._data import content_hashes, stratified_split
+from quantplug.builtin.workloads.digits import DigitsMobileNetWorkload
 from quantplug.builtin.workloads.minilm import cosine_scores
 from quantplug.builtin.workloads.resnet import synthetic_images
 from quantplug.errors import ConfigError
@@ -217,3 +218,38 @@ def test_cosine_scores_on_hand_made_arrays():
     assert 0.0 < s["top10_agreement"] < 1.0
     with pytest.raises(ConfigError):
         cosine_scores(o[:2], t)
+
+
+# --- the weight cache ----------------------------------------------------------------------------------
+
+
+class _TinyDigits(DigitsMobileNetWorkload):
+    """The digits data with a linear model and one epoch: exercises training and caching in a second."""
+
+    name = "tiny-digits"
+    version = "t1"
+    epochs = 1
+
+    def _make_model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+
+def test_training_is_cached_deterministic_and_rebuilt_when_corrupt(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("QUANTPLUG_CACHE", str(tmp_path))
+    w = _TinyDigits()
+    first = w.build_model(seed=5, progress=False)
+    path = weights_path("tiny-digits", "t1", 5)
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert not list(path.parent.glob("*.tmp"))  # written atomically, nothing left over
+    retrained = {k: v.clone() for k, v in first.state_dict().items()}
+    path.unlink()
+    again = w.build_model(seed=5, progress=False).state_dict()  # same seed -> same weights
+    assert all(torch.equal(retrained[k], again[k]) for k in again)
+    other = w.build_model(seed=6, progress=False).state_dict()
+    assert not torch.equal(other["1.weight"], again["1.weight"])
+
+    path.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="unusable"):
+        rebuilt = w.build_model(seed=5, progress=False).state_dict()
+    assert all(torch.equal(retrained[k], rebuilt[k]) for k in rebuilt)
+    assert torch.equal(torch.load(path, weights_only=True)["1.weight"], retrained["1.weight"])

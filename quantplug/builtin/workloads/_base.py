@@ -11,7 +11,8 @@ import io
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["ClassificationWorkload", "accuracy_score", "weights_path"]
+__all__ = ["ClassificationWorkload", "accuracy_score", "load_cached", "predict", "weights_path"]
 
 
 def weights_path(name: str, version: str, seed: int) -> Path:
@@ -131,10 +132,7 @@ class ClassificationWorkload:
             torch.manual_seed(seed)
             model = self._make_model()
         path = weights_path(self.name, self.version, seed)
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        else:
+        if not (path.is_file() and load_cached(model, path)):
             started = time.perf_counter()
             self._fit(model, seed, progress)
             seconds = time.perf_counter() - started
@@ -215,9 +213,21 @@ def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator, fill: f
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
-def predict(model: nn.Module, inputs: Iterable[np.ndarray] | np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run ``model`` over an array in batches without gradients (a helper for tests and reports)."""
     import torch
 
     with torch.no_grad():
         return _predict(model, np.asarray(inputs), batch_size)
+
+
+def load_cached(model: nn.Module, path: Path) -> bool:
+    """Load cached weights into ``model``; False (with a warning) when the file is unusable."""
+    import torch
+
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # truncated file, other architecture: rebuild rather than fail
+        warnings.warn(f"cached weights {path} are unusable ({type(e).__name__}: {e}); rebuilding them", stacklevel=3)
+        return False
+    return True

@@ -25,7 +25,7 @@ import numpy as np
 from quantplug.cache import cache_dir
 from quantplug.errors import ConfigError
 
-from ._base import accuracy_score, weights_path
+from ._base import accuracy_score, load_cached, weights_path
 from ._data import atomic_write_bytes, save_npz
 
 if TYPE_CHECKING:
@@ -83,8 +83,7 @@ class SyntheticImageNetWorkload:
             torch.manual_seed(seed)
             model = self._make_model()
         path = weights_path(self.name, self.version, seed)
-        if path.is_file():
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        if path.is_file() and load_cached(model, path):
             return model.eval()
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
