@@ -8,7 +8,8 @@ complete and says how many workers delivered their final records.
 Distributed headless runs should use ``--timed-run SECONDS`` on the master instead of ``-t``: with
 ``-t`` locust stops the master before its workers, so the workers' last records arrive after the test
 has stopped (they are still written when the master quits, and ``done.json`` is rewritten). With
-``--timed-run`` the master asks every worker to stop, waits for all final records, then quits.
+``--timed-run`` the master asks every worker to stop, waits for all final records, then quits; its
+clock starts when the test starts (``quantplug loadtest`` uses it for standalone runs too).
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ _collector = _Collector()
 
 @events.init.add_listener
 def _on_init(environment: Any, **_: Any) -> None:
+    # gevent timers count from the event loop's cached clock, which is stale by however long the
+    # imports before this point took (seconds on a busy machine): locust's -t timer, created next,
+    # then fires early (seen: a 2 s run stopped after 0.4 s). Refresh the clock first.
+    gevent.get_hub().loop.update_now()
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         runner.register_message(_RECORDS, _on_records_message)
@@ -166,8 +171,7 @@ def _timed_stop(environment: Any) -> None:
         if len(_collector.final_workers) < _collector.expected_workers:
             log.warning("only %d of %d workers sent their final timings", len(_collector.final_workers),
                         _collector.expected_workers)
-    _collector.finish()
-    runner.quit()
+    runner.quit()  # test_stop (or quitting, when the master already counts as stopped) writes done.json
 
 
 @events.test_stop.add_listener

@@ -39,30 +39,45 @@ from quantplug.loadtest.preflight import describe_model, parse_url, request_spec
 __all__ = ["TritonGrpcUser"]
 
 log = logging.getLogger("quantplug.loadtest")
-_EXIT_WATCHDOG_S = 3.0
+_EXIT_WATCHDOG_S = 5.0
+_exit_code = {"code": 0}
 
 
-@events.quit.add_listener
-def _exit_watchdog(exit_code: int = 0, **_: Any) -> None:
-    """End this process with locust's exit code if it is still alive a few seconds after locust quit.
+@events.quitting.add_listener
+def _exit_watchdog(environment: Any, **_: Any) -> None:
+    """End this process if it is still alive a few seconds after locust began quitting.
 
-    With tritonclient over gRPC under gevent, locust sometimes prints its summary and then hangs at
-    interpreter exit, ignoring SIGTERM (seen here). The watchdog is a real OS thread (not a greenlet),
-    started after locust has written everything it writes.
+    With tritonclient over gRPC under gevent, locust sometimes hangs at exit after its results are
+    written, ignoring SIGTERM (seen here: after the summary, and in a worker's own shutdown). The
+    watchdog is a real OS thread (not a greenlet), so a stuck event loop cannot hold it up; it exits with
+    locust's own exit code (from the quit event when that fired).
     """
     from gevent import monkey
 
+    runner = environment.runner
+    failed = runner is not None and bool(runner.errors or runner.exceptions)
+    options = environment.parsed_options
+    code = environment.process_exit_code
+    if code is None:
+        code = int(getattr(options, "exit_code_on_error", 1)) if failed else 0
+    _exit_code["code"] = code
     start_thread = monkey.get_original("_thread", "start_new_thread")
     real_sleep = monkey.get_original("time", "sleep")
 
     def watchdog() -> None:
         real_sleep(_EXIT_WATCHDOG_S)
+        code = _exit_code["code"]
         sys.stderr.write(f"quantplug: locust did not exit {_EXIT_WATCHDOG_S:.0f} s after quitting "
-                         f"(gRPC hang at exit); forcing exit code {exit_code}\n")
+                         f"(gRPC hang at exit); forcing exit code {code}\n")
         sys.stderr.flush()
-        os._exit(exit_code)
+        os._exit(code)
 
     start_thread(watchdog, ())
+
+
+@events.quit.add_listener
+def _remember_exit_code(exit_code: int = 0, **_: Any) -> None:
+    _exit_code["code"] = exit_code
 
 
 @events.init_command_line_parser.add_listener

@@ -24,7 +24,8 @@ from .timings import DONE_FILE
 __all__ = ["LocustRun", "check_locust", "run_locust", "locustfile_path", "free_port"]
 
 _STARTUP_S = 30.0  # import, connect, spawn allowance before the run-time clock matters
-_EXIT_GRACE_S = 5.0  # after done.json, how long a process may take to exit by itself
+WATCHDOG_MARK = "locust did not exit"  # what the gRPC user's exit watchdog prints before forcing the exit
+_EXIT_GRACE_S = 10.0  # after done.json, how long processes may take to exit (their watchdog: 5 s)
 
 
 def locustfile_path() -> Path:
@@ -123,7 +124,7 @@ def run_locust(
             commands.append((f"worker{i}", base + ["--worker", "--master-host", "127.0.0.1", "--master-port",
                                                    str(port), "--loglevel", "INFO"] + custom))
     else:
-        commands.append(("locust", base + head + custom + ["-t", f"{max(1, round(duration_s))}s"]))
+        commands.append(("locust", base + head + custom + ["--timed-run", str(duration_s)]))
 
     bound = _STARTUP_S + users / max(spawn_rate, 1e-9) + duration_s + stop_timeout + (60 if workers else 0) + exit_grace_s
     procs: list[subprocess.Popen[bytes]] = []
@@ -166,6 +167,9 @@ def run_locust(
                 except (ProcessLookupError, PermissionError):
                     pass
     wall = time.monotonic() - t0
+    for (name, _), log in zip(commands, logs, strict=False):
+        if log.exists() and WATCHDOG_MARK in log.read_text(errors="replace"):
+            notes.append(f"locust {name} hung at exit after writing its results; its exit watchdog ended it")
     return LocustRun(folder=folder, returncodes=[p.returncode for p in procs], killed=killed,
                      hung_after_done=hung_after_done, wall_s=round(wall, 3), notes=notes,
                      log_tail=_tail(logs))
