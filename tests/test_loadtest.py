@@ -101,7 +101,7 @@ def test_headless_run_exact_percentiles(server: TritonServer, tmp_path: Path) ->
     assert _locust_aggregated_count(tmp_path / "run-1" / "locust.log") == stats.requests == len(timings)
 
 
-def test_failures_are_counted_and_fail_the_gate(server: TritonServer) -> None:
+def test_failures_are_counted_and_fail_the_gate(server: TritonServer, tmp_path: Path) -> None:
     result = run_ab(server.grpc_url, "fast", "broken", pairs=1, users=2, duration_s=2, batch_size=4,
                     min_speedup=0.01, progress=False)
     cand = result["candidate"]
@@ -111,6 +111,7 @@ def test_failures_are_counted_and_fail_the_gate(server: TritonServer) -> None:
     assert result["baseline"]["failures"] == 0 and result["failures"] == cand["failures"]
     assert result["gate"]["passed"] is False and "failed requests" in result["gate"]["reason"]
     assert check_gate(result, None)[0] is False  # failures fail the gate even without --min-speedup
+    assert write_png(tmp_path / "failed.png", result).stat().st_size > 1000  # charts runs without latencies
 
 
 def test_run_ab_alternates_and_computes_ratios_per_pair(server: TritonServer, tmp_path: Path) -> None:
@@ -245,8 +246,9 @@ def test_cli_exit_code_follows_min_speedup(server: TritonServer, tmp_path: Path)
     assert result["gate"] == {"min_speedup": 0.01, "passed": True, "reason": result["gate"]["reason"]}
     assert (tmp_path / "r.png").stat().st_size > 1000
 
-    low = _cli(*common, "--min-speedup", "1000")
-    assert low.returncode == 1
+    low = _cli(*common, "--min-speedup", "1000", "--workers", "1")  # distributed through the CLI too
+    assert low.returncode == 1, low.stdout + low.stderr
+    assert "1 workers" in low.stdout
     assert "gate: FAIL" in low.stdout and low.stderr.strip().splitlines()[-1].startswith("Error: gate failed")
 
 
