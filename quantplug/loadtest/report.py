@@ -90,7 +90,7 @@ def chart_png(result: Mapping[str, Any]) -> bytes:
     for k, role in enumerate(roles):
         ips = [p[role]["throughput_ips"] for p in pairs]
         bars = ax1.bar(x + (k - 0.5) * width, ips, width, label=f"{role}: {names[role]}", color=colors[role])
-        ax1.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
+        ax1.bar_label(bars, fmt=lambda v: f"{v:.0f}" if v >= 100 else f"{v:.1f}", fontsize=8, padding=2)
     top = max([p[r]["throughput_ips"] for p in pairs for r in roles] + [1.0])
     for i, p in enumerate(pairs):
         ax1.text(i, top * 1.12, f"{_x(p['speedup_throughput'])}", ha="center", fontsize=10, fontweight="bold")
@@ -106,15 +106,18 @@ def chart_png(result: Mapping[str, Any]) -> bytes:
         p95 = [p[role]["p95_ms"] if p[role]["p95_ms"] is not None else np.nan for p in pairs]
         p99 = [p[role]["p99_ms"] if p[role]["p99_ms"] is not None else np.nan for p in pairs]
         bars = ax2.bar(pos, p50, width, color=colors[role], label=f"{role} p50")
-        ax2.bar_label(bars, fmt="%.2f", fontsize=8, label_type="center", color="white")
+        ax2.bar_label(bars, fmt=lambda v: f"{v:.0f}" if v >= 100 else f"{v:.2f}", fontsize=8, label_type="center",
+                      color="white")
         ax2.vlines(pos, p50, p99, color="black", linewidth=1)  # whisker from p50 up to p99
         ax2.scatter(pos, p95, marker="D", color="black", s=18, zorder=3, label="p95" if k == 0 else None)
         ax2.scatter(pos, p99, marker="^", color="black", s=28, zorder=3, label="p99" if k == 0 else None)
     ax2.set_xticks(x, [f"pair {p['pair']}" for p in pairs])
     ax2.set_ylabel("latency ms (lower is better)")
     ax2.set_title("latency: bar p50, diamond p95, triangle p99")
-    ax2.set_ylim(bottom=0)
-    ax2.legend(fontsize=8)
+    highest = max([v for p in pairs for r in roles for q in ("p50_ms", "p95_ms", "p99_ms")
+                   if (v := p[r][q]) is not None] + [1.0])
+    ax2.set_ylim(0, highest * 1.3)  # headroom: the legend sits above the tallest whisker
+    ax2.legend(fontsize=8, loc="upper center", ncol=4)
     fig.suptitle(f"{names['baseline']} vs {names['candidate']}: throughput speed-up "
                  f"{_x(result['speedup_throughput'])}, p50 speed-up {_x(result['speedup_p50'])} (median of pairs)",
                  fontsize=11)
