@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import quantplug
 from quantplug.decide.trials import Trial
 from quantplug.decide.tune import StopSearch, TuneOptions, Tuner, summary
 from quantplug.recipe import QuantRecipe
@@ -22,12 +23,34 @@ from .conftest import run_cli
 LAYOUT = ("model.onnx", "model_fp32.onnx", "recipe.json", "metrics.json", "trials.json")
 
 
+class ThirdPartyCalibrator:
+    """A plugin's calibrator (registered through the real hook below): 90% of the observed range."""
+
+    name = "thirdparty-90"
+    description = "90% of the observed range"
+
+    def compute_range(self, histogram: Any, bits: int, symmetric: bool) -> tuple[float, float]:
+        low, high = 0.9 * min(float(histogram.min), 0.0), 0.9 * max(float(histogram.max), 0.0)
+        if symmetric:
+            bound = max(-low, high)
+            return -bound, bound
+        return low, high
+
+
+class ThirdPartyPlugin:
+    @quantplug.hookimpl
+    def register_calibrators(self, register: Any) -> None:
+        register(ThirdPartyCalibrator())
+
+
 @pytest.fixture(scope="module")
 def registry():
     from quantplug.plugins import get_plugin_manager
     from quantplug.registry import build_registry
 
-    return build_registry(get_plugin_manager(load_entrypoints=False))
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(ThirdPartyPlugin(), name="thirdparty")
+    return build_registry(pm)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +84,7 @@ def test_ptq_within_budget_saves_best_after_every_trial(mnist, registry, tmp_pat
     result = tuner.run()
 
     calibrators = registry.names("calibrators")
+    assert "thirdparty-90" in calibrators  # plugins take part without tune knowing them
     assert seen == list(range(1, len(calibrators) + 1))
     assert result.stopped == "within budget"
     assert [t.stage for t in result.trials] == ["ptq"] * len(calibrators)
@@ -87,6 +111,14 @@ def test_ptq_within_budget_saves_best_after_every_trial(mnist, registry, tmp_pat
     assert fp > 95 and fp - q < 2.0 and data["test"]["drop"] == fp - q
     text = summary(result)
     assert "| #" in text and "ptq/" in text and "held-out test accuracy" in text
+
+
+def test_output_folder_of_something_else_is_refused(mnist, registry, tmp_path: Path) -> None:
+    from quantplug.errors import ConfigError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a quantplug output"):
+        Tuner(*mnist, small(), tmp_path, registry=registry, log=lambda m: None)
 
 
 def test_interrupt_keeps_the_best_so_far(mnist, registry, tmp_path: Path) -> None:

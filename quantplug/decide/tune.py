@@ -132,7 +132,7 @@ class Tuner:
             Situation(max_drop=options.max_drop, training_data=self.has_labels,
                       model_kind=infer_model_kind(model), weight_bits=options.weight_bits),
             model_args=("--workload", getattr(workload, "name", "?")), output=str(self.output))
-        self.output.mkdir(parents=True, exist_ok=True)
+        _claim_output(self.output)
 
     # --- helpers --------------------------------------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -464,6 +464,24 @@ class Tuner:
         why = (f"the best PTQ configuration ({ptq_best.config}) dropped {ptq_best.drop:+.2f} > "
                f"{self.opt.max_drop:g} points" if ptq_best is not None else "PTQ did not finish")
         return f"{head}; tune went further because {why}: {winner.config} met the budget (drop {winner.drop:+.2f})."
+
+
+OUTPUT_FILES = ("model.onnx", "model_fp32.onnx", "recipe.json", "metrics.json", "trials.json")
+
+
+def _claim_output(output: Path) -> None:
+    """Create ``output``, refusing a folder that holds something else; a previous run's files are removed
+    so that the folder never mixes two runs."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output {output} exists and is not a directory; choose another --output")
+    if output.is_dir():
+        contents = {p.name for p in output.iterdir()}
+        if contents and not contents & {"recipe.json", "metrics.json", "trials.json"}:
+            raise ConfigError(f"output directory {output} is not empty and is not a quantplug output; choose a new "
+                              "--output directory")
+        for name in OUTPUT_FILES:
+            (output / name).unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
 
 
 def tune(model: Any, workload: Any, options: TuneOptions, output: str | Path, *, registry: Any = None,
