@@ -1,0 +1,79 @@
+"""Served measurements: one embedded Triton with a workload's models, locust A/B runs FP32 vs each INT8.
+
+Every model is a python-backend model around ONNX Runtime with the same intra-op thread count as the
+in-process measurements. Each comparison is :func:`quantplug.loadtest.run_ab` (baseline and candidate
+alternated A B A B, exact per-request timings; the speed-up is the median of the per-pair throughput
+ratios). Requests carry real held-out test inputs at the request batch.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["model_name", "serve_and_load_test"]
+
+
+def model_name(workload: str, key: str) -> str:
+    return f"bench_{workload.replace('-', '_')}_{key}"
+
+
+def _write_repository(repo: Path, workload: str, models: Mapping[str, Path], threads: int, pm: Any) -> dict[str, str]:
+    """Replace this workload's bench models in ``repo`` (other models stay); returns key -> served name."""
+    from ..triton.repository import add_model
+
+    names = {}
+    for key, path in models.items():
+        name = model_name(workload, key)
+        if (repo / name).exists():
+            shutil.rmtree(repo / name)
+        add_model(repo, name, path, threads=threads, pm=pm)
+        names[key] = name
+    return names
+
+
+def serve_and_load_test(repo: Path, workload: str, models: Mapping[str, Path], candidates: list[str],
+                        feeds: Mapping[str, np.ndarray], *, threads: int, batch: int, users: int, pairs: int,
+                        duration_s: float, warmup_s: float, progress: bool, pm: Any = None,
+                        step: Callable[[str], None] = lambda _s: None) -> dict[str, Any]:
+    """Serve ``models`` (keys: ``fp32`` plus ``candidates``) and load-test FP32 against each candidate."""
+    from ..loadtest import run_ab
+    from ..triton.server import TritonServer
+
+    names = _write_repository(repo, workload, {k: models[k] for k in ("fp32", *candidates)}, threads, pm)
+    ab: dict[str, Any] = {}
+    step("start Triton")
+    with TritonServer(repo) as server:
+        ready = set(server.ready_models())
+        missing = [n for n in names.values() if n not in ready]
+        if missing:
+            from ..errors import ServerError
+
+            raise ServerError(f"Triton did not load {', '.join(missing)}: "
+                              f"{'; '.join(server.failed_models.get(n, 'not ready') for n in missing)}")
+        url = server.grpc_url
+        for key in candidates:
+            step(f"load test fp32 vs {key}")
+            ab[key] = run_ab(server.grpc_url, names["fp32"], names[key], pairs=pairs, users=users,
+                             duration_s=duration_s, warmup_s=warmup_s, batch_size=batch, inputs=dict(feeds),
+                             progress=progress)
+    return {
+        "models": names, "url": url, "threads": threads, "batch": batch, "users": users, "pairs": pairs,
+        "duration_s": duration_s, "warmup_s": warmup_s, "ab": ab,
+        "speedup_vs_fp32": {k: r["speedup_throughput"] for k, r in ab.items()},
+        "throughput_ips": {"fp32": _median_baseline_ips(ab),
+                           **{k: r["candidate"]["throughput_ips"] for k, r in ab.items()}},
+        "failures": {k: r["failures"] for k, r in ab.items()},
+        "statistic": "speed-up: median of per-pair throughput ratios (A B alternated); throughput: all runs "
+                     "of a model pooled, successful inferences per second (requests x batch)",
+    }
+
+
+def _median_baseline_ips(ab: Mapping[str, Any]) -> float | None:
+    """FP32 throughput: the median of its pooled throughput in each A/B (it is the baseline of each)."""
+    values = [r["baseline"]["throughput_ips"] for r in ab.values()]
+    return float(np.median(values)) if values else None

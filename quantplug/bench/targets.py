@@ -1,0 +1,54 @@
+"""The issue's targets, each evaluated from the measured numbers of a run (never typed in).
+
+On this 2-core CPU: served INT8 over served FP32 >= 3x throughput for resnet18 and resnet50 at request
+batch 8; served INT8 throughput >= 90% of in-process INT8 at the same batch; minilm INT8 >= 2.5x
+(served); quantplug's INT8 no slower than ONNX Runtime's own ``quantize_static`` output (in-process,
+same threads, alternated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["SERVED_SPEEDUP", "evaluate_targets"]
+
+SERVED_SPEEDUP = {"resnet18": 3.0, "resnet50": 3.0, "minilm": 2.5}  # served INT8 / served FP32, request batch
+SERVED_EFFICIENCY = 0.90  # served INT8 throughput / in-process INT8 throughput
+VS_PEER = 1.0  # peer latency / our latency, in-process (>= 1: ours is no slower)
+
+
+def _get(data: Mapping[str, Any], *path: str) -> Any:
+    cur: Any = data
+    for key in path:
+        if not isinstance(cur, Mapping) or key not in cur:
+            return None
+        cur = cur[key]
+    return cur
+
+
+def _target(workload: str, what: str, measured: Any, threshold: float, unit: str, source: str) -> dict[str, Any]:
+    value = float(measured) if isinstance(measured, (int, float)) else None
+    return {"workload": workload, "target": what, "measured": value, "threshold": threshold, "unit": unit,
+            "met": None if value is None else value >= threshold, "source": source}
+
+
+def evaluate_targets(results: Mapping[str, Any], batch: int) -> list[dict[str, Any]]:
+    """One record per target and workload: ``measured`` (None when not measured), ``threshold``, ``met``."""
+    out: list[dict[str, Any]] = []
+    for name, r in results.items():
+        variants = [k for k in _get(r, "models") or {} if k not in ("fp32", "peer")]
+        if name in SERVED_SPEEDUP:
+            for key in (variants or ["int8"]):
+                label = "INT8" if key == "int8" else key.replace("int8_", "INT8 ")
+                out.append(_target(name, f"served {label} / FP32 throughput >= {SERVED_SPEEDUP[name]}x "
+                                         f"(request batch {batch})",
+                                   _get(r, "served", "speedup_vs_fp32", key), SERVED_SPEEDUP[name], "x",
+                                   f"workloads.{name}.served.speedup_vs_fp32.{key}"))
+        out.append(_target(name, f"served INT8 >= {SERVED_EFFICIENCY:.0%} of in-process INT8 (batch {batch})",
+                           _get(r, "efficiency", "int8"), SERVED_EFFICIENCY, "ratio",
+                           f"workloads.{name}.efficiency.int8"))
+        out.append(_target(name, f"our INT8 no slower than the peer (in-process, batch {batch})",
+                           _get(r, "in_process", f"batch_{batch}", "speedup_vs_peer", "int8"), VS_PEER, "x",
+                           f"workloads.{name}.in_process.batch_{batch}.speedup_vs_peer.int8"))
+    return out
