@@ -153,12 +153,13 @@ class ClassificationWorkload:
         opt = torch.optim.Adam(model.parameters(), lr=self.train_lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         gen = torch.Generator().manual_seed(seed)
+        fill = float(self.split.x_train.min())  # the normalized background value
         model.train()
         with tqdm(total=total, desc=f"train {self.name} (seed {seed})", disable=not progress, leave=False) as bar:
             for epoch in range(self.epochs):
                 for (x,), y in self.train_batches(self.train_batch_size, seed=seed * 1000 + epoch):
                     if self.max_shift:
-                        x = _random_shift(x, self.max_shift, gen, fill=float(self.split.x_train.min()))
+                        x = _random_shift(x, self.max_shift, gen, fill=fill)
                     loss = self.loss(model(x), y)
                     if not torch.isfinite(loss):
                         raise RuntimeError(f"training {self.name} diverged (loss {loss.item()}) at epoch {epoch}")
