@@ -163,3 +163,38 @@ def test_unknown_calibrator_fails_in_one_line(tmp_path: Path) -> None:
                    "--no-progress", timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("Error:") and "nope" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_auto_calibrator_one_pass_best_on_validation(tmp_path: Path) -> None:
+    """``auto``: every registered calibrator scored on training-split validation data; the best one is
+    exported in the ``quantize --output`` layout and the peer is calibrated on the same batches."""
+    import numpy as np
+
+    from quantplug.bench.config import Variant
+    from quantplug.bench.models import build_models, calibration_feeds
+    from quantplug.pipeline import predict_onnx
+    from quantplug.recipe import QuantRecipe
+    from quantplug.registry import build_registry
+
+    registry = build_registry()
+    workload = registry.workload("mnist-cnn")
+    cfg = BenchConfig(output=tmp_path, calib_batches=4, calib_batch_size=8, select_batches=2, progress=False)
+    steps: list[str] = []
+    built = build_models(cfg, workload, [Variant("int8", "ptq", "auto", "INT8 static PTQ")], registry,
+                         tmp_path / "models", step=steps.append)
+    sel = built.calibrator_selection
+    assert sel is not None and set(sel["scores"]) == set(registry.names("calibrators"))
+    assert sel["chosen"] == max(sel["scores"], key=lambda n: sel["scores"][n])
+    folder = tmp_path / "models" / "int8"
+    assert {p.name for p in folder.iterdir()} == {"model.onnx", "model_fp32.onnx", "recipe.json", "metrics.json"}
+    assert QuantRecipe.load(folder / "recipe.json").calibrator == sel["chosen"]
+    assert built.details["int8"]["calibrator"] == sel["chosen"]
+    assert set(built.paths) == {"fp32", "int8", "peer"} and built.paths["peer"].is_file()
+    inputs, labels = workload.test_set()
+    x = {k: v[:64] for k, v in inputs.items()}
+    for key in ("int8", "peer"):  # both INT8 models still classify real digits like the FP32 one
+        agree = np.mean(predict_onnx(built.paths[key], x).argmax(1) == predict_onnx(built.paths["fp32"], x).argmax(1))
+        assert agree > 0.9, key
+    feeds = calibration_feeds(workload, QuantRecipe(calib_batches=4, calib_batch_size=8))
+    assert len(feeds) == 4 and all(f[workload.input_names[0]].shape[0] == 8 for f in feeds)
+    assert steps[0] == "FP32 model" and steps[-1].startswith("peer")

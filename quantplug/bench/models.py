@@ -5,12 +5,16 @@ Each quantplug model is a ``quantize_to_dir`` output folder (``model.onnx``, ``m
 activations, INT8 per-channel weights) of the same FP32 ONNX, calibrated on exactly the batches the
 engine calibrated on. With calibrator ``auto``, every registered calibrator is tried from one histogram
 pass and the one whose outputs stay closest to FP32 (mean cosine) on a validation split drawn from the
-training data wins; the held-out test set is never used to choose.
+training data wins (and is exported in the same folder layout); the held-out test set is never used to
+choose.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..recipe import QuantRecipe
+from ..report import write_json_atomic
 from .config import AUTO, BenchConfig, Variant
 
 __all__ = ["BuiltModels", "build_models", "calibration_feeds", "output_cosine"]
@@ -66,17 +71,49 @@ def output_cosine(candidate: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(num / den))
 
 
-def select_calibrator(cfg: BenchConfig, workload: Any, fp_model: Any, registry: Any) -> dict[str, Any]:
-    """Every registered calibrator from one histogram pass; the best by output cosine to FP32 on validation
-    batches from the training split (another seed's stream than calibration)."""
+def _write_output(folder: Path, qmodel: Any, fp_model: Any, recipe: QuantRecipe, workload: Any, registry: Any,
+                  extra: dict[str, Any]) -> dict[str, Any]:
+    """``folder`` in the layout of ``quantplug quantize --output`` (``model.onnx``, ``model_fp32.onnx``,
+    ``recipe.json``, ``metrics.json``), filled in a temporary folder and renamed into place."""
+    from ..export import export_fp32, export_quantized
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        example = tuple(workload.example_inputs(1))
+        ins, outs = tuple(workload.input_names), tuple(workload.output_names)
+        fp32 = export_fp32(fp_model, example, tmp / "model_fp32.onnx", ins, outs)
+        model = export_quantized(qmodel, example, tmp / "model.onnx", recipe.target, ins, outs, registry=registry)
+        sizes: dict[str, float] = {"model.onnx": model.stat().st_size, "model_fp32.onnx": fp32.stat().st_size}
+        sizes["ratio"] = round(sizes["model.onnx"] / sizes["model_fp32.onnx"], 4)
+        metrics = {"workload": workload.name, "method": recipe.method, "calibrator": recipe.calibrator,
+                   "target": recipe.target, "weight_bits": recipe.weight_bits,
+                   "activation_bits": recipe.activation_bits, "metric": getattr(workload, "metric", None),
+                   "sizes": sizes, **extra}
+        recipe.save(tmp / "recipe.json")
+        write_json_atomic(tmp / "metrics.json", metrics)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metrics
+
+
+def _auto_variant(cfg: BenchConfig, workload: Any, fp_model: Any, variant: Variant, registry: Any,
+                  out: Path) -> dict[str, Any]:
+    """Every registered calibrator from ONE histogram pass; the best by output cosine to FP32 on validation
+    batches from the training split (another seed's stream than calibration) is exported to ``out``."""
     from ..pipeline import predict_torch
     from ..quant.api import compare_calibrators
 
     started = time.perf_counter()
-    recipe = _recipe(cfg, "ptq", "max")
+    recipe = _recipe(cfg, variant.method, "max")
     names = registry.names("calibrators")
     calib = workload.calibration_batches(recipe.calib_batch_size, seed=recipe.seed)
     models = compare_calibrators(fp_model, recipe, calib, names, registry=registry, progress=cfg.progress)
+    quantize_seconds = time.perf_counter() - started
     ins = tuple(workload.input_names)
     val_batches = itertools.islice(
         workload.calibration_batches(recipe.calib_batch_size, seed=recipe.seed + SELECT_SEED_OFFSET),
@@ -86,24 +123,32 @@ def select_calibrator(cfg: BenchConfig, workload: Any, fp_model: Any, registry: 
     reference = predict_torch(fp_model, val, ins)
     scores = {name: output_cosine(predict_torch(m, val, ins), reference) for name, m in models.items()}
     best = max(sorted(scores), key=lambda n: scores[n])
-    return {"chosen": best, "scores": scores, "rule": "highest mean output cosine to FP32 (fake quant, PyTorch)",
-            "validation": f"{len(next(iter(val.values())))} items from the training split "
-                          f"(calibration_batches seed {recipe.seed + SELECT_SEED_OFFSET}); test set not used",
-            "seconds": round(time.perf_counter() - started, 3)}
+    selection = {"chosen": best, "scores": scores,
+                 "rule": "highest mean output cosine to FP32 (fake quant in PyTorch)",
+                 "validation": f"{len(next(iter(val.values())))} items from the training split "
+                               f"(calibration_batches seed {recipe.seed + SELECT_SEED_OFFSET}); test set not used",
+                 "seconds": round(time.perf_counter() - started, 3)}
+    chosen = recipe.replace(calibrator=best)
+    metrics = _write_output(out, models[best], fp_model, chosen, workload, registry,
+                            {"calibrator_selection": selection, "quantize_seconds": round(quantize_seconds, 3)})
+    return {**_details(variant, chosen, out, metrics), "calibrator_selection": selection}
 
 
-def _quantize_variant(cfg: BenchConfig, workload: Any, fp_model: Any, variant: Variant, calibrator: str,
-                      registry: Any, out: Path) -> dict[str, Any]:
+def _details(variant: Variant, recipe: QuantRecipe, out: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "quantplug", "label": variant.label, "method": variant.method, "calibrator": recipe.calibrator,
+            "recipe": recipe.to_dict(), "path": str(out / "model.onnx"), "fp32_path": str(out / "model_fp32.onnx"),
+            "size_bytes": metrics["sizes"]["model.onnx"], "size_ratio": metrics["sizes"]["ratio"],
+            "quantize_seconds": metrics.get("quantize_seconds"), "stages": metrics.get("stages", {})}
+
+
+def _quantize_variant(cfg: BenchConfig, workload: Any, fp_model: Any, variant: Variant, registry: Any,
+                      out: Path) -> dict[str, Any]:
     from ..pipeline import quantize_to_dir
 
-    recipe = _recipe(cfg, variant.method, calibrator)
+    recipe = _recipe(cfg, variant.method, variant.calibrator)
     result = quantize_to_dir(workload, recipe, out, registry=registry, progress=cfg.progress, model=fp_model,
                              evaluate=False)
-    m = result.metrics
-    return {"kind": "quantplug", "label": variant.label, "method": variant.method, "calibrator": calibrator,
-            "recipe": recipe.to_dict(), "path": str(result.model_path), "fp32_path": str(result.fp32_path),
-            "size_bytes": m["sizes"]["model.onnx"], "size_ratio": m["sizes"]["ratio"],
-            "quantize_seconds": m["quantize_seconds"], "stages": m.get("stages", {})}
+    return _details(variant, recipe, out, result.metrics)
 
 
 def build_models(cfg: BenchConfig, workload: Any, variants: list[Variant], registry: Any, folder: Path,
@@ -115,17 +160,14 @@ def build_models(cfg: BenchConfig, workload: Any, variants: list[Variant], regis
     fp_model = workload.build_model(seed=0, progress=cfg.progress)
     fp_model.eval()
     built = BuiltModels(paths={})
-    chosen: dict[str, str] = {}
     for v in variants:
-        calibrator = v.calibrator
-        if calibrator == AUTO:
-            if AUTO not in chosen:
-                step("choose calibrator")
-                built.calibrator_selection = select_calibrator(cfg, workload, fp_model, registry)
-                chosen[AUTO] = built.calibrator_selection["chosen"]
-            calibrator = chosen[AUTO]
-        step(f"quantize {v.key} ({v.method}, {calibrator})")
-        built.details[v.key] = _quantize_variant(cfg, workload, fp_model, v, calibrator, registry, folder / v.key)
+        if v.calibrator == AUTO:
+            step(f"quantize {v.key} ({v.method}, best calibrator)")
+            built.details[v.key] = _auto_variant(cfg, workload, fp_model, v, registry, folder / v.key)
+            built.calibrator_selection = built.details[v.key]["calibrator_selection"]
+        else:
+            step(f"quantize {v.key} ({v.method}, {v.calibrator})")
+            built.details[v.key] = _quantize_variant(cfg, workload, fp_model, v, registry, folder / v.key)
         built.paths[v.key] = Path(built.details[v.key]["path"])
     first = built.details[variants[0].key]
     fp32_path = Path(first["fp32_path"])

@@ -45,6 +45,11 @@ def _machine(m: Mapping[str, Any]) -> str:
             f"load average (1/5/15 min) at start {load}, at end {end}")
 
 
+def _label(key: str, det: Mapping[str, Any]) -> str:
+    label = str(det.get("label", key))
+    return f"{label} [{det['calibrator']}]" if det.get("method") == "ptq" and det.get("calibrator") else label
+
+
 def _rows(name: str, r: Mapping[str, Any], batch: int) -> list[dict[str, Any]]:
     rows = []
     inp = r.get("in_process", {})
@@ -53,8 +58,7 @@ def _rows(name: str, r: Mapping[str, Any], batch: int) -> list[dict[str, Any]]:
     q = r.get("quality", {})
     for key, det in r.get("models", {}).items():
         rows.append({
-            "workload": name, "model": det.get("label", key) + ("" if key in ("fp32", "peer") else
-                                                                 f" [{det.get('calibrator')}]" if det.get("method") == "ptq" else ""),
+            "workload": name, "model": _label(key, det),
             "size": f"{det['size_ratio'] * 100:.0f}%" if det.get("size_ratio") else ("100%" if key == "fp32" else None),
             "ms": _num(big.get("medians_ms", {}).get(key)),
             "x_big": _x(big.get("speedup_vs_fp32", {}).get(key)) if key != "fp32" else "1.00x",
@@ -63,8 +67,7 @@ def _rows(name: str, r: Mapping[str, Any], batch: int) -> list[dict[str, Any]]:
             "ips": _num(served.get("throughput_ips", {}).get(key)),
             "x_served": (_x(served.get("speedup_vs_fp32", {}).get(key)) if key != "fp32" else
                          ("1.00x" if served.get("throughput_ips") else None)),
-            "eff": _num((r.get("efficiency") or {}).get(key), 2) if key != "fp32" else _num(
-                (r.get("efficiency") or {}).get("fp32"), 2),
+            "eff": _num((r.get("efficiency") or {}).get(key), 2),
             "quality": quality_text(q.get("scores", {}).get(key), q.get("metric")),
         })
     return rows

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import QuantplugError
 from ..report import write_json_atomic, write_text_atomic
-from .config import AUTO, BenchConfig, variants_for
+from .config import BenchConfig, variants_for
 from .report import format_markdown
 from .targets import evaluate_targets
 
@@ -82,7 +82,7 @@ def bench_workload(cfg: BenchConfig, name: str, registry: Any, pm: Any) -> dict[
     variants = variants_for(name, cfg.calibrator)
     candidates = [v.key for v in variants] + (["peer"] if cfg.serve_peer else [])
     batches = [cfg.batch] + ([1] if cfg.batch != 1 else [])
-    total = 1 + any(v.calibrator == AUTO for v in variants) + len(variants) + 1 + len(batches) + 1 + 1 + len(candidates)
+    total = 1 + len(variants) + 1 + len(batches) + 1 + 1 + len(candidates)
     load_start = _loadavg()
     steps = _Steps(name, total, cfg.progress)
     try:

@@ -24,6 +24,8 @@ import click
                    "[default: auto; --quick: percentile].")
 @click.option("--calib-batches", type=click.IntRange(1, 10_000), default=None,
               help="Calibration batches (engine and peer alike) [default: 128; --quick: 8].")
+@click.option("--calib-batch-size", type=click.IntRange(1, 1024), default=None,
+              help="Items per calibration batch [default: 4; --quick: 2].")
 @click.option("--no-served-peer", is_flag=True, help="Do not load-test the peer model on Triton.")
 @click.option("--quick", is_flag=True, help="A smoke run of the whole flow: tiny durations, 1 pair, few repeats, "
               "few calibration batches, a 32-item test subset.")
@@ -31,7 +33,8 @@ import click
               show_default=True, help="Folder for bench.json, bench.md, the models and the served repository.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(workloads: str, batch: int, pairs: int | None, duration: float | None, users: int, threads: int | None,
-            calibrator: str | None, calib_batches: int | None, no_served_peer: bool, quick: bool, output: Path,
+            calibrator: str | None, calib_batches: int | None, calib_batch_size: int | None,
+            no_served_peer: bool, quick: bool, output: Path,
             no_progress: bool) -> None:
     """Benchmark each workload: FP32, quantplug INT8 (static PTQ; minilm also dynamic) and ONNX Runtime's own
     quantize_static output as a peer, in-process (ONNX Runtime, alternated rounds, at --batch and batch 1)
@@ -44,7 +47,8 @@ def command(workloads: str, batch: int, pairs: int | None, duration: float | Non
     settings: dict = {"output": output, "workloads": names, "batch": batch, "users": users,
                       "serve_peer": not no_served_peer, "progress": not no_progress}
     for key, value in (("pairs", pairs), ("duration_s", duration), ("threads", threads),
-                       ("calibrator", calibrator), ("calib_batches", calib_batches)):
+                       ("calibrator", calibrator), ("calib_batches", calib_batches),
+                       ("calib_batch_size", calib_batch_size)):
         if value is not None:
             settings[key] = value
     if "duration_s" in settings and "warmup_s" not in settings:
