@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from quantplug_lsq import gradient_scale, learned_steps, lsq_fake_quant
 from torch import nn
 
 import quantplug
@@ -20,7 +21,6 @@ from quantplug import QuantRecipe
 from quantplug.errors import ConfigError
 from quantplug.export import export_qdq
 from quantplug.quant.prepare import act_quantizers, weight_layers
-from quantplug_lsq import gradient_scale, learned_steps, lsq_fake_quant
 
 REPO = Path(__file__).resolve().parents[3]  # the workloads cache their trained weights under the repo root
 
@@ -149,3 +149,21 @@ def test_bad_settings_are_one_line_config_errors(registry: quantplug.Registry) -
         _quantize(model, registry, data, method="lsq", qat_epochs=1) if False else quantplug.quantize(
             model, QuantRecipe(method="lsq", calib_batches=1), data, [((data[0],), None)], registry=registry,
             progress=False)
+
+
+@pytest.mark.slow
+def test_quantize_cli_end_to_end_on_real_mnist(tmp_path: Path) -> None:
+    out = tmp_path / "mnist-lsq"
+    env = {k: v for k, v in os.environ.items() if k != "QUANTPLUG_LOAD_PLUGINS"}
+    r = subprocess.run([sys.executable, "-m", "quantplug", "quantize", "--workload", "mnist-cnn", "--method", "lsq",
+                        "--epochs", "1", "--calib-batches", "8", "--output", str(out), "--quiet"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.onnx", "model_fp32.onnx", "recipe.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "lsq" and json.loads((out / "recipe.json").read_text())["method"] == "lsq"
+    fp32 = metrics["fp32"]["onnxruntime"]["accuracy"]
+    int8 = metrics["quantized"]["onnxruntime"]["accuracy"]
+    assert int8 >= fp32 - 0.5, (fp32, int8)  # 1,000 real held-out MNIST digits, served by ONNX Runtime
+    assert abs(metrics["quantized"]["torch"]["accuracy"] - int8) <= 0.1  # at most one image differs
+    assert len(metrics["train"]["train_loss"]["lsq"]) == 1
