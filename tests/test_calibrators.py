@@ -125,3 +125,28 @@ def test_compare_calibrators_uses_one_pass(registry) -> None:
     scales = {n: [float(q.scale) for q in act_quantizers(m)] for n, m in models.items()}
     assert scales["max"] != scales["mse"]
     assert all(s > 0 for v in scales.values() for s in v)
+
+
+def test_every_calibrator_keeps_mnist_accuracy_and_never_clips_the_input(registry) -> None:
+    """Regression: an entropy threshold on normalised MNIST input kept the background and clipped the
+    ink (98.6% -> 54.8%). Raw model inputs are now always calibrated with their full range."""
+    from quantplug.pipeline import predict_torch
+
+    workload = registry.workload("mnist-cnn")
+    model = workload.build_model(seed=0, progress=False)
+    inputs, targets = workload.test_set()
+    fp32 = workload.score(predict_torch(model, inputs, workload.input_names), targets)["accuracy"]
+    calib = [b for _, b in zip(range(8), workload.calibration_batches(32))]
+    for name in ("max", "percentile", "entropy", "mse"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = quantplug.quantize(model, QuantRecipe(method="ptq", calibrator=name, calib_batches=8), calib,
+                                   registry=registry, progress=False)
+        x_quant = next(a for a in act_quantizers(q) if a.model_input)
+        seen = x_quant.histogram
+        low = -float(x_quant.zero_point) * float(x_quant.scale)
+        high = (255 - float(x_quant.zero_point)) * float(x_quant.scale)
+        step = float(x_quant.scale)  # the zero point is rounded to an integer: half a step either way
+        assert low <= seen.min + step and high >= seen.max - step, name
+        acc = workload.score(predict_torch(q, inputs, workload.input_names), targets)["accuracy"]
+        assert acc >= fp32 - 0.5, f"{name}: {acc} vs FP32 {fp32}"

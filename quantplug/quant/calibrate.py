@@ -17,9 +17,17 @@ from .modules import QUANT_WRAPPERS
 from .prepare import act_quantizers
 
 __all__ = ["MIN_RECOMMENDED_BATCHES", "apply_ranges", "as_inputs", "calibrate", "collect_histograms",
-           "compute_ranges", "ranges_by_calibrator", "search_weight_clipping"]
+           "compute_ranges", "model_device", "to_device", "ranges_by_calibrator", "search_weight_clipping"]
 
 log = logging.getLogger(__name__)
+
+
+def max_range(h: Histogram, symmetric: bool) -> tuple[float, float]:
+    """The full observed range, widened to include zero (symmetric: +-max |x|)."""
+    if symmetric:
+        amax = max(abs(h.min), abs(h.max))
+        return -amax, amax
+    return min(h.min, 0.0), max(h.max, 0.0)
 MIN_RECOMMENDED_BATCHES = 100
 
 
@@ -36,6 +44,18 @@ def as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
     raise CalibrationError(f"a calibration batch must be a tensor or a tuple of tensors, got {type(batch).__name__}")
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def to_device(inputs: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
+    """Move tensor inputs to ``device`` (a no-op when they are there already)."""
+    return tuple(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in inputs)
+
+
 @torch.no_grad()
 def collect_histograms(model: nn.Module, batches: Iterable[Any], max_batches: int,
                        progress: bool = True, forward: Callable[..., Any] | None = None) -> dict[str, Histogram]:
@@ -50,6 +70,7 @@ def collect_histograms(model: nn.Module, batches: Iterable[Any], max_batches: in
         m.weight_quant.enabled = False
     was_training = model.training
     model.eval()
+    device = model_device(model)
     seen = 0
     try:
         from tqdm.auto import tqdm
@@ -58,7 +79,7 @@ def collect_histograms(model: nn.Module, batches: Iterable[Any], max_batches: in
         for batch in batches:
             if seen >= max_batches:
                 break
-            inputs = as_inputs(batch)
+            inputs = to_device(as_inputs(batch), device)
             try:
                 (forward or model)(*inputs)
             except CalibrationError:
@@ -102,7 +123,13 @@ def compute_ranges(model: nn.Module, histograms: dict[str, Histogram], calibrato
         h = histograms.get(q.qname)
         if h is None:
             continue
-        low, high = calibrator.compute_range(h, q.bits, q.symmetric)
+        if q.model_input:
+            # Raw model inputs keep their full observed range whatever the calibrator: clipping data
+            # destroys information that no later layer can recover (an entropy threshold on normalised
+            # MNIST keeps the background and clips all the ink: 98.6% -> 54.8% on mnist-cnn).
+            low, high = max_range(h, q.symmetric)
+        else:
+            low, high = calibrator.compute_range(h, q.bits, q.symmetric)
         low, high = float(low), float(high)
         if not (low == low and high == high) or high < low:
             raise CalibrationError(f"calibrator {calibrator.name!r} returned an invalid range ({low}, {high}) "

@@ -203,7 +203,9 @@ def _place_fx(gm: fx.GraphModule, recipe: QuantRecipe, scheme: Scheme, report: P
         nonlocal count
         count += 1
         qname = f"act_quant_{count}_{n.name}"
-        gm.add_submodule(qname, _act(n.name, recipe, scheme))
+        quantizer = _act(n.name, recipe, scheme)
+        quantizer.model_input = n.op == "placeholder"
+        gm.add_submodule(qname, quantizer)
         report.activations.append(n.name)
         return qname
 

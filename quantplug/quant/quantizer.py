@@ -60,6 +60,7 @@ class ActQuantizer(nn.Module):
         self.histogram_bins = histogram_bins
         self.histogram: Histogram | None = None
         self.calibrated = False
+        self.model_input = False  # quantizes a graph input: calibrated with max (see compute_ranges)
 
     def extra_repr(self) -> str:
         return (f"{self.qname!r}, {self.dtype}, symmetric={self.symmetric}, mode={self.mode}, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from quantplug.quant.calibrate import max_range
 from quantplug.quant.histogram import Histogram
 
 __all__ = ["entropy_range", "max_range", "mse_range", "percentile_range"]
@@ -21,13 +22,6 @@ def _finish(h: Histogram, t: float, symmetric: bool) -> tuple[float, float]:
     if h.min >= 0:
         return 0.0, min(t, h.max)
     return max(-t, h.min), min(t, h.max)
-
-
-def max_range(h: Histogram, symmetric: bool) -> tuple[float, float]:
-    if symmetric:
-        amax = max(abs(h.min), abs(h.max))
-        return -amax, amax
-    return min(h.min, 0.0), max(h.max, 0.0)
 
 
 def _cdf_value(counts: np.ndarray, edges_low: float, width: float, q: float) -> float:
