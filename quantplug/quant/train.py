@@ -2,7 +2,11 @@
 
 Activation ranges stay fixed at their calibrated values while training; weight scales follow the weights
 (per-channel absolute max each step), so the exported model has exactly the scales that were trained.
-The optimizer is Adam at ``recipe.lr_scale`` times the workload's training learning rate.
+The optimizer is Adam at ``recipe.lr_scale`` times the workload's training learning rate, decayed to
+zero over the fine-tuning steps with a cosine schedule: the FP32 model usually ended its own training
+at a near-zero learning rate, and a constant restart rate shakes a converged model (seen on
+mnist-resnet: 99.0% -> 97.1% after one constant-rate QAT epoch). Inputs and labels follow the model's
+device, so QAT runs on a GPU when the model is there.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import TrainingDivergedError
-from .calibrate import as_inputs
+from .calibrate import as_inputs, model_device, to_device
 from .context import QuantContext
 
 __all__ = ["DivergenceMonitor", "finetune", "first_output"]
@@ -66,6 +70,12 @@ class DivergenceMonitor:
             )
 
 
+def _epoch_batches(ctx: QuantContext, epoch: int) -> Any:
+    """One epoch of training batches, as a sized collection (a generator is listed; a DataLoader is kept)."""
+    batches = ctx.train_batches(epoch)
+    return batches if hasattr(batches, "__len__") else list(batches)
+
+
 def finetune(model: nn.Module, ctx: QuantContext, loss_fn: LossFn, desc: str) -> nn.Module:
     """Train ``model`` (fake-quant) for ``recipe.qat_epochs`` epochs with ``loss_fn(outputs, inputs, labels)``."""
     recipe = ctx.recipe
@@ -74,6 +84,10 @@ def finetune(model: nn.Module, ctx: QuantContext, loss_fn: LossFn, desc: str) ->
     lr = recipe.lr_scale * ctx.train_lr
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
+    first = _epoch_batches(ctx, 0)
+    total_steps = recipe.qat_epochs * len(first)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps) if total_steps else None
+    device = model_device(model)
     monitor = DivergenceMonitor(desc, lr=lr)
     torch.manual_seed(recipe.seed)
     from tqdm.auto import tqdm
@@ -83,13 +97,16 @@ def finetune(model: nn.Module, ctx: QuantContext, loss_fn: LossFn, desc: str) ->
     model.train()
     for epoch in range(recipe.qat_epochs):
         total, n = 0.0, 0
-        bar = tqdm(ctx.train_batches(epoch), desc=f"{desc} epoch {epoch + 1}/{recipe.qat_epochs}",
+        batches = first if epoch == 0 else _epoch_batches(ctx, epoch)
+        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.qat_epochs}",
                    unit="batch", disable=not ctx.progress, leave=False)
         for batch in bar:
             if isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[0], tuple | list):
-                inputs, labels = tuple(batch[0]), batch[1]
+                inputs, labels = to_device(tuple(batch[0]), device), batch[1]
+                if isinstance(labels, torch.Tensor):
+                    labels = labels.to(device, non_blocking=True)
             else:
-                inputs, labels = as_inputs(batch), None
+                inputs, labels = to_device(as_inputs(batch), device), None
             out = model(*inputs)
             loss = loss_fn(out, inputs, labels)
             value = float(loss.detach())
@@ -98,6 +115,8 @@ def finetune(model: nn.Module, ctx: QuantContext, loss_fn: LossFn, desc: str) ->
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None and sched.last_epoch < total_steps:
+                sched.step()
             total += value
             n += 1
             if ctx.progress:
