@@ -92,8 +92,16 @@ def test_quick_bench_ratios_come_from_the_measured_numbers(quick_run: tuple[Path
         assert served["speedup_vs_fp32"][key] == pytest.approx(statistics.median(pairs), abs=1e-3)
         assert served["throughput_ips"][key] == ab["candidate"]["throughput_ips"]
         assert ab["candidate"]["throughput_ips"] == pytest.approx(ab["candidate"]["throughput_rps"] * 8, rel=1e-3)
+    for key, probes in served["efficiency_pairs"].items():  # served / in-process, measured pair by pair
+        ab_pairs = served["ab"][key]["pairs"]
+        assert [p["pair"] for p in probes] == [p["pair"] for p in ab_pairs]
+        for probe, pair in zip(probes, ab_pairs, strict=True):
+            assert probe["served_ips"] == pair["candidate"]["throughput_ips"]
+            assert probe["in_process_ips"] == pytest.approx(8 * 1000.0 / probe["in_process_ms"])
+            assert probe["efficiency"] == pytest.approx(probe["served_ips"] / probe["in_process_ips"])
+        assert w["efficiency"][key] == pytest.approx(statistics.median(p["efficiency"] for p in probes))
     in_int8 = 8 * 1000.0 / w["in_process"]["batch_8"]["medians_ms"]["int8"]
-    assert w["efficiency"]["int8"] == pytest.approx(served["throughput_ips"]["int8"] / in_int8)
+    assert w["efficiency_unpaired"]["int8"] == pytest.approx(served["throughput_ips"]["int8"] / in_int8)
     for t in data["targets"]:  # each target's value is the number at its source, judged against its threshold
         assert t["measured"] == pytest.approx(_at(data, t["source"]))
         assert t["met"] == (t["measured"] >= t["threshold"])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["request_feeds", "in_process", "quality"]
+__all__ = ["InProcessProbe", "request_feeds", "in_process", "quality"]
 
 
 def request_feeds(workload: Any, batch: int) -> dict[str, np.ndarray]:
@@ -49,6 +49,38 @@ def in_process(models: Mapping[str, Path], feeds: Mapping[str, np.ndarray], *, t
         "statistic": "latency: median over rounds of each round's median; speed-up: median of per-round ratios "
                      "(baseline ms / candidate ms)",
     }
+
+
+class InProcessProbe:
+    """In-process throughput of one model measured on demand (a session kept open between calls).
+
+    Served efficiency compares a served run with an in-process measurement taken right after it, so both
+    see the same machine load; measurements taken minutes apart on a shared machine are not comparable.
+    """
+
+    def __init__(self, path: Path, feeds: Mapping[str, np.ndarray], *, threads: int, reps: int = 5,
+                 warmup: int = 2) -> None:
+        from ..export.bench import session
+
+        self.session = session(path, threads)
+        self.feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        self.batch = len(next(iter(self.feeds.values())))
+        self.reps, self.warmup = reps, warmup
+
+    def measure(self) -> dict[str, float]:
+        """``{"median_ms", "throughput_ips"}`` over ``reps`` timed runs after ``warmup`` untimed ones."""
+        import statistics
+        import time
+
+        for _ in range(self.warmup):
+            self.session.run(None, self.feeds)
+        times = []
+        for _ in range(self.reps):
+            t0 = time.perf_counter()
+            self.session.run(None, self.feeds)
+            times.append((time.perf_counter() - t0) * 1000)
+        ms = float(statistics.median(times))
+        return {"median_ms": ms, "throughput_ips": self.batch * 1000.0 / ms}
 
 
 def quality(workload: Any, models: Mapping[str, Path], *, threads: int, limit: int | None = None) -> dict[str, Any]:

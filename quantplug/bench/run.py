@@ -98,12 +98,13 @@ def bench_workload(cfg: BenchConfig, name: str, registry: Any, pm: Any) -> dict[
         served = serve_and_load_test(cfg.output / "model_repository", name, models, candidates,
                                      request_feeds(workload, cfg.batch), threads=cfg.threads, batch=cfg.batch,
                                      users=cfg.users, pairs=cfg.pairs, duration_s=cfg.duration_s,
-                                     warmup_s=cfg.warmup_s, progress=cfg.progress, pm=pm, step=steps)
+                                     warmup_s=cfg.warmup_s, progress=cfg.progress, pm=pm, probe_reps=cfg.reps,
+                                     step=steps)
     finally:
         steps.close()
     here = in_proc[f"batch_{cfg.batch}"]["throughput_ips"]
-    efficiency = {k: (v / here[k] if v is not None and here.get(k) else None)
-                  for k, v in served["throughput_ips"].items()}
+    unpaired = {k: (v / here[k] if v is not None and here.get(k) else None)
+                for k, v in served["throughput_ips"].items()}
     return {
         "description": getattr(workload, "description", ""),
         "metric": getattr(workload, "metric", None),
@@ -112,9 +113,13 @@ def bench_workload(cfg: BenchConfig, name: str, registry: Any, pm: Any) -> dict[
         "calibrator_selection": built.calibrator_selection,
         "in_process": in_proc,
         "served": served,
-        "efficiency": efficiency,
-        "efficiency_rule": (f"served throughput (inferences/s) / in-process throughput ({cfg.batch} / median "
-                            f"latency) at batch {cfg.batch}, {cfg.threads} ONNX Runtime threads in both"),
+        "efficiency": served["efficiency"],
+        "efficiency_rule": (f"median over A/B pairs of served throughput (inferences/s) / in-process throughput "
+                            f"({cfg.batch} / median latency) measured right after the pair, batch {cfg.batch}, "
+                            f"{cfg.threads} ONNX Runtime threads in both"),
+        "efficiency_unpaired": unpaired,
+        "efficiency_unpaired_rule": ("pooled served throughput / the in-process measurement above (taken minutes "
+                                     "earlier, under another machine load: for reference only)"),
         "quality": qual,
         "loadavg": {"start": load_start, "end": _loadavg()},
         "step_seconds": steps.seconds,

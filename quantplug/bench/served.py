@@ -38,14 +38,20 @@ def _write_repository(repo: Path, workload: str, models: Mapping[str, Path], thr
 
 def serve_and_load_test(repo: Path, workload: str, models: Mapping[str, Path], candidates: list[str],
                         feeds: Mapping[str, np.ndarray], *, threads: int, batch: int, users: int, pairs: int,
-                        duration_s: float, warmup_s: float, progress: bool, pm: Any = None,
+                        duration_s: float, warmup_s: float, progress: bool, pm: Any = None, probe_reps: int = 5,
                         step: Callable[[str], None] = lambda _s: None) -> dict[str, Any]:
-    """Serve ``models`` (keys: ``fp32`` plus ``candidates``) and load-test FP32 against each candidate."""
+    """Serve ``models`` (keys: ``fp32`` plus ``candidates``) and load-test FP32 against each candidate.
+
+    Right after every A/B pair, the candidate also runs in-process (same feeds, same threads, the server
+    idle): its served throughput in that pair over this in-process throughput is the pair's efficiency.
+    """
     from ..loadtest import run_ab
     from ..triton.server import TritonServer
+    from .measure import InProcessProbe
 
     names = _write_repository(repo, workload, {k: models[k] for k in ("fp32", *candidates)}, threads, pm)
     ab: dict[str, Any] = {}
+    paired: dict[str, list[dict[str, Any]]] = {}
     step("start Triton")
     with TritonServer(repo) as server:
         ready = set(server.ready_models())
@@ -58,9 +64,19 @@ def serve_and_load_test(repo: Path, workload: str, models: Mapping[str, Path], c
         url = server.grpc_url
         for key in candidates:
             step(f"load test fp32 vs {key}")
+            probe = InProcessProbe(models[key], feeds, threads=threads, reps=probe_reps)
+            paired[key] = []
+
+            def after_pair(record: dict[str, Any], key: str = key, probe: InProcessProbe = probe) -> None:
+                here = probe.measure()
+                served_ips = record["candidate"]["throughput_ips"]
+                paired[key].append({"pair": record["pair"], "served_ips": served_ips,
+                                    "in_process_ips": here["throughput_ips"], "in_process_ms": here["median_ms"],
+                                    "efficiency": served_ips / here["throughput_ips"]})
+
             ab[key] = run_ab(server.grpc_url, names["fp32"], names[key], pairs=pairs, users=users,
                              duration_s=duration_s, warmup_s=warmup_s, batch_size=batch, inputs=dict(feeds),
-                             progress=progress)
+                             progress=progress, on_pair=after_pair)
     return {
         "models": names, "url": url, "threads": threads, "batch": batch, "users": users, "pairs": pairs,
         "duration_s": duration_s, "warmup_s": warmup_s, "ab": ab,
@@ -68,8 +84,12 @@ def serve_and_load_test(repo: Path, workload: str, models: Mapping[str, Path], c
         "throughput_ips": {"fp32": _median_baseline_ips(ab),
                            **{k: r["candidate"]["throughput_ips"] for k, r in ab.items()}},
         "failures": {k: r["failures"] for k, r in ab.items()},
+        "efficiency_pairs": paired,
+        "efficiency": {k: float(np.median([p["efficiency"] for p in v])) if v else None for k, v in paired.items()},
         "statistic": "speed-up: median of per-pair throughput ratios (A B alternated); throughput: all runs "
-                     "of a model pooled, successful inferences per second (requests x batch)",
+                     "of a model pooled, successful inferences per second (requests x batch); efficiency: "
+                     "median over pairs of the candidate's served throughput in the pair / its in-process "
+                     f"throughput measured right after the pair ({probe_reps} runs, median)",
     }
 
 
