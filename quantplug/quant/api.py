@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..recipe import QuantRecipe
 from ..registry import Registry, build_registry
-from .calibrate import as_inputs, compute_ranges
+from .calibrate import as_inputs, compute_ranges, model_device, to_device
 from .context import QuantContext, peek
 from .prepare import prepare
 
@@ -59,7 +59,7 @@ def quantize(model: nn.Module, recipe: QuantRecipe, calib_data: Any = None, trai
     if calib_data is not None:
         source = calib_data() if callable(calib_data) else calib_data
         first, calib_data = peek(source)
-        example = as_inputs(first)
+        example = to_device(as_inputs(first), model_device(model))
     elif needs_calibration:
         from ..errors import CalibrationError
 
@@ -108,7 +108,7 @@ def compare_calibrators(model: nn.Module, recipe: QuantRecipe, calib_data: Any, 
     scheme = scheme_for(recipe, registry)
     names = names or registry.names("calibrators")
     first, data = peek(calib_data() if callable(calib_data) else calib_data)
-    base = prepare(model, recipe, scheme, as_inputs(first))
+    base = prepare(model, recipe, scheme, to_device(as_inputs(first), model_device(model)))
     hists = collect_histograms(base, data, recipe.calib_batches, progress)
     out: dict[str, nn.Module] = {}
     for name in names:

@@ -67,7 +67,7 @@ class Histogram:
         elif lo < self.low or hi >= self.high:
             self._grow(lo, hi)
         counts = torch.histc(x, self.bins, min=self.low, max=self.low + self.bins * self.width)
-        self.counts += counts.double().numpy()
+        self.counts += counts.double().cpu().numpy()
         self.batches += 1
 
     def _grow(self, lo: float, hi: float) -> None:

@@ -259,6 +259,7 @@ def prepare(model: nn.Module, recipe: QuantRecipe, scheme: Scheme,
             example_inputs: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
     """A BN-folded copy of ``model`` with fake quantizers in ``scheme`` (not yet calibrated)."""
     model = copy.deepcopy(model).eval()
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     try:
         gm: fx.GraphModule | None = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
         trace_error = None
@@ -288,6 +289,7 @@ def prepare(model: nn.Module, recipe: QuantRecipe, scheme: Scheme,
         _wrap_modules(model, recipe, scheme, report)
         report.activations = [q.qname for q in act_quantizers(model)]
         out = model
+    out.to(device)  # new quantizers (scale, zero point, clip ratio buffers) join the model's device
     out.quantplug_report = report  # type: ignore[assignment]
     out.quantplug_scheme = scheme  # type: ignore[assignment]
     return out

@@ -164,7 +164,7 @@ class WeightQuantizer(nn.Module):
         amax = rows.abs().amax(dim=1).clamp_min(1e-12)
         best_err = torch.full_like(amax, float("inf"))
         best = torch.ones_like(amax)
-        for r in torch.linspace(lowest, 1.0, steps):
+        for r in torch.linspace(lowest, 1.0, steps, device=rows.device):
             s = (amax * r / self.quant_max)[:, None]
             q = torch.clamp(torch.round(rows / s), self.quant_min, self.quant_max) * s
             err = (q - rows).pow(2).sum(dim=1)
