@@ -84,3 +84,12 @@ def test_readme_starts_with_the_two_setup_commands():
     first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
     assert "make demo" in first_block and "make test" in first_block
     assert Path(ROOT / "Makefile").read_text().count("demo:") == 1
+
+
+def test_readme_lists_every_command_with_its_purpose():
+    from quantplug.cli import build_cli
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Commands", 1)[1].split("\n\n", 2)[1]
+    listed = re.findall(r"^\| `quantplug ([a-z-]+)` \|", table, re.M)
+    assert listed == sorted(build_cli().commands), "README's command table differs from the CLI"
