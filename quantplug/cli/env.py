@@ -20,7 +20,8 @@ _PACKAGES = ("quantplug", "torch", "onnx", "onnxruntime", "tritonclient", "nvidi
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
-def _version(dist: str) -> str:
+def dist_version(dist: str) -> str:
+    """The installed version of distribution ``dist``, or ``"not installed"``."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -65,7 +66,7 @@ def collect() -> dict[str, Any]:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": {p: _version(p) for p in _PACKAGES},
+        "packages": {p: dist_version(p) for p in _PACKAGES},
         "triton_binary": triton_binary(),
         "cpu": cpu_info(),
         "gpu": gpu_info(),

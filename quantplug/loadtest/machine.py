@@ -5,22 +5,14 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata
 from typing import Any
 
 __all__ = ["machine_info"]
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def machine_info() -> dict[str, Any]:
     """CPU model and INT8 features, cores, memory, load, OS and the load generator's versions."""
-    from ..cli.env import cpu_info
+    from ..cli.env import cpu_info, dist_version
 
     cpu = cpu_info()
     info: dict[str, Any] = {
@@ -29,7 +21,7 @@ def machine_info() -> dict[str, Any]:
         "int8_flags": cpu["int8_flags"],
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "packages": {p: _version(p) for p in ("locust", "tritonclient", "grpcio", "gevent", "numpy")},
+        "packages": {p: dist_version(p) for p in ("locust", "tritonclient", "grpcio", "gevent", "numpy")},
     }
     try:
         import psutil

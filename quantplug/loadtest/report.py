@@ -6,13 +6,11 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..report import format_table, write_json_atomic, write_text_atomic
+from ..report import format_table, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 __all__ = ["format_pair", "format_summary", "write_json", "write_png", "write_html", "chart_png"]
 
@@ -129,18 +127,7 @@ def chart_png(result: Mapping[str, Any]) -> bytes:
 
 
 def write_png(path: str | Path, result: Mapping[str, Any]) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    data = chart_png(result)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return write_bytes_atomic(path, chart_png(result))
 
 
 def write_html(path: str | Path, result: Mapping[str, Any]) -> Path:
