@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/quantplug demo
 
 lint: install
-	$(BIN)/ruff check quantplug tests plugins loadtests
+	$(BIN)/ruff check quantplug tests plugins loadtests scripts
 
 typecheck: install
 	$(BIN)/mypy
