@@ -115,7 +115,7 @@ def test_quick_bench_markdown_and_cleanup(quick_run: tuple[Path, dict[str, Any],
     assert "## Targets" in stdout and md.strip() in stdout  # the table is printed
     assert data["machine"]["cpu_model"] in md
     for t in data["targets"]:
-        value = f"{t['measured']:.2f}x" if t["unit"] == "x" else f"{t['measured']:.0%}"
+        value = f"{t['measured']:.2f}x" if t["unit"] == "x" else f"{t['measured']:.1%}"
         line = next(ln for ln in md.splitlines() if t["target"] in ln)
         assert value in line and ("| met" in line) == t["met"] and ("NOT MET" in line) == (not t["met"])
     assert not list(out.glob(".*.tmp")) and not list(out.glob(".bench*"))  # nothing half-written

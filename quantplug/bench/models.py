@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import QuantplugError
 from ..recipe import QuantRecipe
 from ..report import write_json_atomic
 from .config import AUTO, BenchConfig, Variant
@@ -161,22 +162,30 @@ def build_models(cfg: BenchConfig, workload: Any, variants: list[Variant], regis
     fp_model.eval()
     built = BuiltModels(paths={})
     for v in variants:
-        if v.calibrator == AUTO:
-            step(f"quantize {v.key} ({v.method}, best calibrator)")
-            built.details[v.key] = _auto_variant(cfg, workload, fp_model, v, registry, folder / v.key)
-            built.calibrator_selection = built.details[v.key]["calibrator_selection"]
-        else:
-            step(f"quantize {v.key} ({v.method}, {v.calibrator})")
-            built.details[v.key] = _quantize_variant(cfg, workload, fp_model, v, registry, folder / v.key)
+        step(f"quantize {v.key} ({v.method}, {'best calibrator' if v.calibrator == AUTO else v.calibrator})")
+        try:
+            if v.calibrator == AUTO:
+                built.details[v.key] = _auto_variant(cfg, workload, fp_model, v, registry, folder / v.key)
+                built.calibrator_selection = built.details[v.key]["calibrator_selection"]
+            else:
+                built.details[v.key] = _quantize_variant(cfg, workload, fp_model, v, registry, folder / v.key)
+        except QuantplugError as e:  # one variant failing must not hide the others' measurements
+            if len(variants) == 1:
+                raise
+            built.details[v.key] = {"kind": "quantplug", "label": v.label, "method": v.method, "error": str(e)}
+            continue
         built.paths[v.key] = Path(built.details[v.key]["path"])
-    first = built.details[variants[0].key]
+    done = [k for k in built.details if "error" not in built.details[k]]
+    if not done:
+        raise QuantplugError("; ".join(f"{k}: {d['error']}" for k, d in built.details.items()))
+    first = built.details[done[0]]
     fp32_path = Path(first["fp32_path"])
     built.paths = {"fp32": fp32_path, **built.paths}
     built.details = {"fp32": {"kind": "fp32", "label": "FP32", "path": str(fp32_path),
                               "size_bytes": fp32_path.stat().st_size}, **built.details}
 
     step("peer: ONNX Runtime quantize_static")
-    primary = _recipe(cfg, variants[0].method, first["calibrator"])
+    primary = _recipe(cfg, "ptq", "max")  # the calibration batches depend only on batch size, count and seed
     feeds = calibration_feeds(workload, primary)
     peer_dir = folder / "peer"
     peer_dir.mkdir(parents=True, exist_ok=True)

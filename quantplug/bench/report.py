@@ -51,12 +51,15 @@ def _label(key: str, det: Mapping[str, Any]) -> str:
 
 
 def _rows(name: str, r: Mapping[str, Any], batch: int) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     inp = r.get("in_process", {})
     big, one = inp.get(f"batch_{batch}", {}), inp.get("batch_1", {})
     served = r.get("served", {})
     q = r.get("quality", {})
     for key, det in r.get("models", {}).items():
+        if "error" in det:
+            rows.append({"workload": name, "model": f"{det.get('label', key)}: FAILED: {det['error']}"})
+            continue
         rows.append({
             "workload": name, "model": _label(key, det),
             "size": f"{det['size_ratio'] * 100:.0f}%" if det.get("size_ratio") else ("100%" if key == "fp32" else None),
@@ -83,7 +86,7 @@ def format_markdown(data: Mapping[str, Any]) -> str:
              f"{s['pairs']} A/B pair(s) x {s['duration_s']} s per run{' (--quick)' if s.get('quick') else ''}. "
              "Speed-ups are medians of alternated ratios (in-process rounds, served A/B pairs); absolute times "
              "on a shared machine are noisy.", ""]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, r in data["workloads"].items():
         if "error" in r:
             rows.append({"workload": name, "model": f"FAILED: {r['error']}"})
@@ -97,7 +100,7 @@ def format_markdown(data: Mapping[str, Any]) -> str:
     lines += [format_table(rows, columns), "", "## Targets", ""]
     trows = [{"target": f"{t['workload']}: {t['target']}",
               "measured": "not measured" if t["measured"] is None else
-              (f"{t['measured']:.2f}x" if t["unit"] == "x" else f"{t['measured']:.0%}"),
+              (f"{t['measured']:.2f}x" if t["unit"] == "x" else f"{t['measured']:.1%}"),
               "result": "not measured" if t["met"] is None else ("met" if t["met"] else "NOT MET")}
              for t in data["targets"]]
     lines += [format_table(trows, [("target", "target", None), ("measured", "measured", None),

@@ -80,14 +80,14 @@ def bench_workload(cfg: BenchConfig, name: str, registry: Any, pm: Any) -> dict[
 
     workload = registry.workload(name)
     variants = variants_for(name, cfg.calibrator)
-    candidates = [v.key for v in variants] + (["peer"] if cfg.serve_peer else [])
     batches = [cfg.batch] + ([1] if cfg.batch != 1 else [])
-    total = 1 + len(variants) + 1 + len(batches) + 1 + 1 + len(candidates)
+    total = 1 + len(variants) + 1 + len(batches) + 1 + 1 + len(variants) + cfg.serve_peer
     load_start = _loadavg()
     steps = _Steps(name, total, cfg.progress)
     try:
         built = build_models(cfg, workload, variants, registry, cfg.output / "models" / name, step=steps)
         models = built.paths
+        candidates = [k for k in models if k != "fp32" and (k != "peer" or cfg.serve_peer)]
         in_proc: dict[str, Any] = {}
         for b in batches:
             steps(f"in-process batch {b}")
