@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import warnings
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
-from ..quant.modules import QUANT_WRAPPERS
+from ..quant.modules import QUANT_WRAPPERS, QuantEmbedding
 from ..quant.prepare import act_quantizers
 from .passes import (
     WeightSpec,
@@ -23,10 +24,11 @@ from .passes import (
     fold_weights,
     quantize_biases,
     scalar_qparams,
-    spec_digest,
 )
 
 __all__ = ["export_fp32", "export_qdq", "export_quantized", "frozen_weights", "save_atomic"]
+
+log = logging.getLogger(__name__)
 
 INT8_OPSET = 17
 INT4_OPSET = 21
@@ -106,8 +108,9 @@ def frozen_weights(model: nn.Module) -> Iterator[list[WeightSpec]]:
                 rows = wq._grouped(deq)
                 q = torch.round(rows / scale[:, None]).reshape(deq.shape)
             wq.frozen = deq
-            specs.append(WeightSpec(m.qname, q.to(torch.int8).numpy(), scale.numpy().astype(np.float32), wq.bits,
-                                    wq.per_channel, wq.group_size))
+            specs.append(WeightSpec(m.qname, q.to(torch.int8).cpu().numpy(), scale.cpu().numpy().astype(np.float32),
+                                    wq.bits, wq.per_channel, wq.group_size,
+                                    embedding=isinstance(m, QuantEmbedding)))
         yield specs
     finally:
         for m in wrappers:
@@ -139,11 +142,18 @@ def export_qdq(qmodel: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
     with frozen_weights(qmodel) as specs:
         proto = _torch_export(qmodel, example_inputs, input_names, output_names, opset)
     constants_to_initializers(proto)
-    folded = fold_weights(proto, specs)
-    expected = len({spec_digest(s) for s in specs})
-    if len(folded) < expected:
-        raise ExportError(f"{expected - len(folded)} of {expected} quantized weights were not found in the "
-                          "exported graph (the exporter transformed them); report this with the model")
+    fold_weights(proto, specs)
+    missing = [s for s in specs if not s.folded]
+    if missing:
+        # Export ran on the frozen (quantized, then dequantized) weights, so the graph computes exactly the
+        # fake-quant model either way; a weight not found as an initializer was dropped (a layer whose
+        # output the model does not return, e.g. BERT's pooler) or constant-folded (an embedding lookup
+        # with constant indices). Only its storage stays FP32: say so, naming them.
+        msg = (f"{len(missing)} of {len(specs)} quantized weights are not stored as integers "
+               f"({', '.join(s.name for s in missing[:4])}): the exporter dropped or constant-folded them; "
+               "their values are still the quantized ones")
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        log.warning(msg)
     scalar_qparams(proto)
     from ..quant.prepare import quantize_outputs
 

@@ -30,6 +30,8 @@ class WeightSpec:
     bits: int
     per_channel: bool
     group_size: int | None
+    embedding: bool = False  # an embedding table (its lookup may be constant-folded by the exporter)
+    folded: bool = False  # set by fold_weights when the weight was found and stored as integers
 
     @property
     def dequantized(self) -> np.ndarray:
@@ -90,9 +92,12 @@ def fold_weights(model: object, specs: list[WeightSpec]) -> list[str]:
 
     graph = model.graph  # type: ignore[attr-defined]
     table: dict[str, tuple[WeightSpec, bool]] = {}
+    same: dict[str, list[WeightSpec]] = {}
     for spec in specs:
         deq = spec.dequantized
-        table.setdefault(_digest(deq), (spec, False))
+        digest = _digest(deq)
+        table.setdefault(digest, (spec, False))
+        same.setdefault(digest, []).append(spec)
         if deq.ndim == 2:
             table.setdefault(_digest(deq.T), (spec, True))
     new_inits, new_nodes, folded = [], [], []
@@ -107,6 +112,8 @@ def fold_weights(model: object, specs: list[WeightSpec]) -> list[str]:
             remaining.append(init)
             continue
         spec, transposed = hit
+        for twin in same[_digest(spec.dequantized)]:
+            twin.folded = True
         name = init.name
         q = spec.q.T if transposed else spec.q
         attrs: dict[str, Any] = {}
