@@ -47,7 +47,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         ax.scatter([i] * len(r["seeds"]), [s["accuracy"] for s in r["seeds"]], color="black", s=10, zorder=3)
     low = min(min(s["accuracy"] for r in int4["rows"] for s in r["seeds"]), fp["mean"])
     ax.set_ylim(max(0.0, low - 3), 100.5)
-    ax.set_title(f"{int4['workload']} W4A8, {len(int4['rows'][0]['seeds'])} seeds (mean ± std, dots = seeds)")
+    ax.set_title(f"{int4['workload']} W4A8, {len(int4['rows'][0]['seeds'])} seeds\n(mean ± std; dots: each seed)")
     ax.set_ylabel("accuracy (%)")
     ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=2, fontsize=8)
     ax.legend(loc="lower right")
