@@ -91,15 +91,15 @@ def fold_weights(model: object, specs: list[WeightSpec]) -> list[str]:
     from onnx import helper, numpy_helper
 
     graph = model.graph  # type: ignore[attr-defined]
-    table: dict[str, tuple[WeightSpec, bool]] = {}
-    same: dict[str, list[WeightSpec]] = {}
+    table: dict[str, tuple[WeightSpec, bool, str]] = {}  # digest -> (spec, transposed, the spec's own digest)
+    same: dict[str, list[WeightSpec]] = {}  # a spec's digest -> every spec with that weight (tied weights)
     for spec in specs:
         deq = spec.dequantized
         digest = _digest(deq)
-        table.setdefault(digest, (spec, False))
+        table.setdefault(digest, (spec, False, digest))
         same.setdefault(digest, []).append(spec)
         if deq.ndim == 2:
-            table.setdefault(_digest(deq.T), (spec, True))
+            table.setdefault(_digest(deq.T), (spec, True, digest))
     new_inits, new_nodes, folded = [], [], []
     remaining = []
     for init in graph.initializer:
@@ -111,8 +111,8 @@ def fold_weights(model: object, specs: list[WeightSpec]) -> list[str]:
         if hit is None:
             remaining.append(init)
             continue
-        spec, transposed = hit
-        for twin in same[_digest(spec.dequantized)]:
+        spec, transposed, own = hit
+        for twin in same[own]:
             twin.folded = True
         name = init.name
         q = spec.q.T if transposed else spec.q

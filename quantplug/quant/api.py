@@ -11,8 +11,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..recipe import QuantRecipe
 from ..registry import Registry, build_registry
-from .calibrate import as_inputs, compute_ranges, model_device, to_device
+from .calibrate import as_inputs, compute_ranges
 from .context import QuantContext, peek
+from .device import model_device, to_device
 from .prepare import prepare
 
 __all__ = ["compare_calibrators", "quantize", "scheme_for"]

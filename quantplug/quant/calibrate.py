@@ -12,22 +12,15 @@ import torch
 from torch import nn
 
 from ..errors import CalibrationError
-from .histogram import Histogram
+from .device import model_device, to_device
+from .histogram import Histogram, max_range
 from .modules import QUANT_WRAPPERS
 from .prepare import act_quantizers
 
 __all__ = ["MIN_RECOMMENDED_BATCHES", "apply_ranges", "as_inputs", "calibrate", "collect_histograms",
-           "compute_ranges", "model_device", "to_device", "ranges_by_calibrator", "search_weight_clipping"]
+           "compute_ranges", "ranges_by_calibrator", "search_weight_clipping"]
 
 log = logging.getLogger(__name__)
-
-
-def max_range(h: Histogram, symmetric: bool) -> tuple[float, float]:
-    """The full observed range, widened to include zero (symmetric: +-max |x|)."""
-    if symmetric:
-        amax = max(abs(h.min), abs(h.max))
-        return -amax, amax
-    return min(h.min, 0.0), max(h.max, 0.0)
 MIN_RECOMMENDED_BATCHES = 100
 
 
@@ -42,18 +35,6 @@ def as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(batch, dict):
         return tuple(batch.values())
     raise CalibrationError(f"a calibration batch must be a tensor or a tuple of tensors, got {type(batch).__name__}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def to_device(inputs: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
-    """Move tensor inputs to ``device`` (a no-op when they are there already)."""
-    return tuple(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
 @torch.no_grad()

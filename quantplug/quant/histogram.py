@@ -14,7 +14,7 @@ import torch
 
 from ..errors import CalibrationError
 
-__all__ = ["Histogram"]
+__all__ = ["Histogram", "max_range"]
 
 
 class Histogram:
@@ -94,3 +94,11 @@ class Histogram:
         counts = np.zeros(self.bins, dtype=np.float64)
         np.add.at(counts, idx, self.counts)
         return counts, width
+
+
+def max_range(h: Histogram, symmetric: bool) -> tuple[float, float]:
+    """The full observed range of ``h``, widened to include zero (symmetric: +-max |x|)."""
+    if symmetric:
+        amax = max(abs(h.min), abs(h.max))
+        return -amax, amax
+    return min(h.min, 0.0), max(h.max, 0.0)

@@ -29,6 +29,7 @@ from torch import fx, nn
 from .. import nn as qnn
 from ..recipe import QuantRecipe
 from ..registry import Scheme
+from .device import model_device
 from .fold import fold_bn_by_execution, fold_bn_fx, fold_bn_sequential
 from .modules import QUANT_WRAPPERS, QuantAdd, QuantConcat, QuantConv2d, QuantEmbedding, QuantLinear
 from .quantizer import ActQuantizer, WeightQuantizer
@@ -259,7 +260,7 @@ def prepare(model: nn.Module, recipe: QuantRecipe, scheme: Scheme,
             example_inputs: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
     """A BN-folded copy of ``model`` with fake quantizers in ``scheme`` (not yet calibrated)."""
     model = copy.deepcopy(model).eval()
-    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    device = model_device(model)
     try:
         gm: fx.GraphModule | None = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
         trace_error = None

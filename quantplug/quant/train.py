@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from ..errors import TrainingDivergedError
-from .calibrate import as_inputs, model_device, to_device
+from .calibrate import as_inputs
 from .context import QuantContext
+from .device import model_device, to_device
 
 __all__ = ["DivergenceMonitor", "finetune", "first_output"]
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantplug.quant.calibrate import max_range
-from quantplug.quant.histogram import Histogram
+from quantplug.quant.histogram import Histogram, max_range
 
 __all__ = ["entropy_range", "max_range", "mse_range", "percentile_range"]
 
