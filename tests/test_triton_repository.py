@@ -9,7 +9,7 @@ import pytest
 
 from quantplug.errors import ConfigError, RepositoryError
 from quantplug.triton.config import load_config
-from quantplug.triton.repository import add_from_output, add_model, check_repository
+from quantplug.triton.repository import add_from_output, add_model, check_repository, replace_model
 
 
 def tiny_onnx(path: Path, *, batch: str | int = "batch", features: int = 4, dynamic_features: bool = False) -> Path:
@@ -227,3 +227,17 @@ def test_check_not_a_repository(tmp_path: Path) -> None:
     problems = check_repository(tmp_path)
     assert len(problems) == 1 and "not a Triton model repository" in problems[0]
     assert "not a folder" in check_repository(tmp_path / "absent")[0]
+
+
+def test_replace_model_keeps_one_version_and_restores_on_failure(tmp_path: Path, onnx_file: Path) -> None:
+    repo = tmp_path / "repo"
+    add_model(repo, "m", onnx_file)
+    add_model(repo, "m", onnx_file)
+    assert sorted(p.name for p in (repo / "m").iterdir() if p.is_dir()) == ["1", "2"]
+    replace_model(repo, "m", onnx_file)
+    assert sorted(p.name for p in (repo / "m").iterdir() if p.is_dir()) == ["1"]
+    before = files_under(repo)
+    with pytest.raises(RepositoryError):
+        replace_model(repo, "m", onnx_file, max_batch_size=-1)  # invalid: nothing may be lost
+    assert files_under(repo) == before
+    assert check_repository(repo) == []

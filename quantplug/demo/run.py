@@ -88,21 +88,18 @@ def _quantize_rows(cfg: DemoConfig, workload: Any, model: Any, registry: Any, pm
 
 def _write_repository(cfg: DemoConfig, rows: list[dict[str, Any]], pm: Any) -> str:
     """Put the FP32 model and every quantized row into the repository; returns the FP32 model name."""
-    from ..triton.repository import add_model
+    from ..triton.repository import replace_model
 
     repo = cfg.repository
     repo.mkdir(parents=True, exist_ok=True)
     fp32_name = f"{cfg.model_prefix}_fp32"
     # The demo owns the model names it writes: replace them, leave anything else in the repository alone.
-    for name in [fp32_name, *(r["model"] for r in rows)]:
-        if (repo / name).exists():
-            shutil.rmtree(repo / name)
     first = Path(rows[0]["output_dir"])
-    add_model(repo, fp32_name, first / "model_fp32.onnx", files={"metrics.json": first / "metrics.json"}, pm=pm)
+    replace_model(repo, fp32_name, first / "model_fp32.onnx", files={"metrics.json": first / "metrics.json"}, pm=pm)
     for r in rows:
         src = Path(r["output_dir"])
-        add_model(repo, r["model"], src / "model.onnx",
-                  files={"recipe.json": src / "recipe.json", "metrics.json": src / "metrics.json"}, pm=pm)
+        replace_model(repo, r["model"], src / "model.onnx",
+                      files={"recipe.json": src / "recipe.json", "metrics.json": src / "metrics.json"}, pm=pm)
         shutil.copyfile(src / "recipe.json", repo / r["model"] / "recipe.json")
     return fp32_name
 

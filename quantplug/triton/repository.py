@@ -27,7 +27,7 @@ from ..errors import RepositoryError
 from .config import build_config, config_to_text, load_config, validate_config
 from .onnx_io import read_signature
 
-__all__ = ["add_from_output", "add_model", "check_repository", "model_versions", "next_version"]
+__all__ = ["add_from_output", "add_model", "check_repository", "model_versions", "next_version", "replace_model"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -156,6 +156,27 @@ def _check_compatible(model_dir: Path, config: Any) -> None:
         raise RepositoryError(
             f"model {model_dir.name!r} already exists in {model_dir.parent} with a different signature, platform "
             "or max_batch_size; add it under a new name (or remove the old model folder)")
+
+
+def replace_model(repo: str | Path, name: str, onnx_path: str | Path, **kwargs: Any) -> Path:
+    """Make ``onnx_path`` model ``name``'s only version, for tools that own that name (the demo, the bench).
+
+    Unlike :func:`add_model`, earlier versions are dropped. The old folder is moved aside first and put
+    back if adding fails, so a failure never loses it. Keyword arguments go to :func:`add_model`.
+    """
+    folder = Path(repo) / name
+    aside = folder.with_name(f".{name}.replaced-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, aside)
+    try:
+        version = add_model(repo, name, onnx_path, **kwargs)
+    except BaseException:
+        if aside.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(aside, folder)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return version
 
 
 def add_from_output(repo: str | Path, quantize_output_dir: str | Path, name: str, **kwargs: Any) -> dict[str, Path]:
