@@ -127,15 +127,21 @@ def test_quick_bench_markdown_and_cleanup(quick_run: tuple[Path, dict[str, Any],
 def test_targets_are_judged_on_the_values_given() -> None:
     results = {
         "resnet18": {"models": {"fp32": {}, "int8": {}, "peer": {}},
-                     "served": {"speedup_vs_fp32": {"int8": 2.9}}, "efficiency": {"int8": 0.95},
+                     "served": {"speedup_vs_fp32": {"int8": 2.9},
+                                "ab": {"int8": {"pairs": [{"speedup_throughput": x} for x in (2.7, 3.1, 2.9)]}}},
+                     "efficiency": {"int8": 0.95},
                      "in_process": {"batch_8": {"speedup_vs_peer": {"int8": 1.02}}}},
         "minilm": {"models": {"fp32": {}, "int8": {}, "int8_dynamic": {}, "peer": {}},
                    "served": {"speedup_vs_fp32": {"int8": 1.4, "int8_dynamic": 2.6}},
-                   "efficiency": {}, "in_process": {"batch_8": {"speedup_vs_peer": {"int8": 0.8}}}},
+                   "efficiency": {}, "in_process": {"batch_8": {"speedup_vs_peer": {"int8": 0.8},
+                                                                "rounds_ms": {"int8": [10.0, 12.0], "peer": [8.0, 9.0]}}}},
     }
     targets = {(t["workload"], t["target"].split(" (")[0]): t for t in evaluate_targets(results, 8)}
     r18 = targets[("resnet18", "served INT8 / FP32 throughput >= 3.0x")]
     assert (r18["measured"], r18["met"]) == (2.9, False)
+    assert r18["spread"] == [2.7, 3.1] and r18["within_noise"] is True  # one pair reached it: said, not rounded up
+    slower = targets[("minilm", "our INT8 no slower than the peer")]
+    assert slower["spread"] == pytest.approx([0.75, 0.8]) and slower["within_noise"] is False
     assert targets[("resnet18", "served INT8 >= 90% of in-process INT8")]["met"] is True
     assert targets[("resnet18", "our INT8 no slower than the peer")]["met"] is True
     assert targets[("minilm", "served INT8 / FP32 throughput >= 2.5x")]["met"] is False
@@ -147,6 +153,7 @@ def test_targets_are_judged_on_the_values_given() -> None:
             "targets": list(targets.values())}
     md = format_markdown(data)
     assert "FAILED: boom" in md and "2.90x" in md and "NOT MET" in md and "not measured" in md
+    assert "2.70x to 3.10x" in md and "NOT MET (within noise)" in md
 
 
 @pytest.mark.parametrize("kwargs", [{"pairs": 0}, {"batch": 0}, {"workloads": ()},

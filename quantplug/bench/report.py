@@ -76,6 +76,12 @@ def _rows(name: str, r: Mapping[str, Any], batch: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _value(target: Mapping[str, Any], value: float | None) -> str:
+    if value is None:
+        return "not measured"
+    return f"{value:.2f}x" if target["unit"] == "x" else f"{value:.1%}"
+
+
 def format_markdown(data: Mapping[str, Any]) -> str:
     s = data["settings"]
     batch = s["batch"]
@@ -98,13 +104,13 @@ def format_markdown(data: Mapping[str, Any]) -> str:
                ("served vs FP32", "x_served", None), ("served / in-process", "eff", None),
                ("quality (ORT, test set)", "quality", None)]
     lines += [format_table(rows, columns), "", "## Targets", ""]
-    trows = [{"target": f"{t['workload']}: {t['target']}",
-              "measured": "not measured" if t["measured"] is None else
-              (f"{t['measured']:.2f}x" if t["unit"] == "x" else f"{t['measured']:.1%}"),
-              "result": "not measured" if t["met"] is None else ("met" if t["met"] else "NOT MET")}
+    trows = [{"target": f"{t['workload']}: {t['target']}", "measured": _value(t, t["measured"]),
+              "spread": f"{_value(t, t['spread'][0])} to {_value(t, t['spread'][1])}" if t.get("spread") else "",
+              "result": "not measured" if t["met"] is None else
+              ("met" if t["met"] else ("NOT MET (within noise)" if t.get("within_noise") else "NOT MET"))}
              for t in data["targets"]]
-    lines += [format_table(trows, [("target", "target", None), ("measured", "measured", None),
-                                   ("result", "result", None)])]
+    lines += [format_table(trows, [("target", "target", None), ("measured (median)", "measured", None),
+                                   ("spread (min to max)", "spread", None), ("result", "result", None)])]
     notes = data.get("notes") or []
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
