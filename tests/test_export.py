@@ -146,3 +146,36 @@ def test_dynamic_export_matches_the_torch_emulation(registry, tmp_path: Path) ->
         ref = q(x).numpy()
     out = session(path, 1).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+class _Bag(torch.nn.Module):
+    """Embedding lookup + linear: the shape of a transformer's input layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(500, 32)
+        self.fc = torch.nn.Linear(32, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(ids)).mean(dim=1)
+
+
+def test_embedding_rows_are_looked_up_before_dequantizing(registry, tmp_path: Path) -> None:
+    model = _Bag().eval()
+    data = [torch.randint(0, 500, (4, 12), generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    q = _quantize(model, registry, data)
+    path = export_qdq(q, (data[0],), tmp_path / "q.onnx", "onnxruntime", ["ids"], ["out"], registry=registry)
+    graph = onnx.load(path).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    lookups = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in {i.name for i in graph.initializer}]
+    tables = [i for i in graph.initializer if list(i.dims) == [500, 32]]
+    assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.INT8  # the table stays INT8 in the file
+    assert any(n.input[0] == tables[0].name for n in lookups)  # rows are gathered from the INT8 table itself
+    assert not any(producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "DequantizeLinear"
+                   for n in graph.node if n.op_type == "Gather")  # no dequantizing of the whole table
+    ids = torch.randint(0, 500, (3, 12), generator=torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        ref = q(ids).numpy()
+    out = session(path, 1).run(None, {"ids": ids.numpy()})[0]
+    np.testing.assert_allclose(out, ref, atol=1e-5)

@@ -22,6 +22,7 @@ from .passes import (
     WeightSpec,
     constants_to_initializers,
     fold_weights,
+    gather_then_dequantize,
     quantize_biases,
     scalar_qparams,
 )
@@ -159,6 +160,7 @@ def export_qdq(qmodel: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
 
     if quantize_outputs(scheme):
         quantize_biases(proto)
+        gather_then_dequantize(proto)
     if check:
         from .tensorrt import TARGET_CHECKS
 
