@@ -51,6 +51,7 @@ class QuantRecipe:
     qat_epochs: int = 3
     train_batch_size: int = 64  # QAT/QAD batch size
     lr_scale: float = 0.1
+    train_dropout: bool = False  # QAT/QAD: keep dropout active while fine-tuning (off: see quant/train.py)
     distill_temperature: float = 4.0
     distill_alpha: float = 1.0  # weight of the distillation loss; 1 - alpha goes to the label loss
     seed: int = 0

@@ -72,6 +72,38 @@ def test_qad_works_without_labels(registry) -> None:
         _quantize(model, registry, "qat", unlabelled)
 
 
+class _DropMLP(MLP):
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.drop(x))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_dropout_is_off_while_fine_tuning_unless_asked(registry, monkeypatch, keep: bool) -> None:
+    seen: list[float] = []
+    forward = torch.nn.Dropout.forward
+
+    def spy(self: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            seen.append(self.p)
+        return forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Dropout, "forward", spy)
+    torch.manual_seed(0)
+    train = labelled(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantplug.quantize(_DropMLP().eval(), QuantRecipe(method="qat", qat_epochs=1, calib_batches=4,
+                                                              train_dropout=keep),
+                               [x for (x,), _ in train[:4]], train, registry=registry, progress=False)
+    assert len(seen) == len(train) and set(seen) == {0.5 if keep else 0.0}
+    drops = [m for m in q.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(m.p == 0.5 for m in drops)  # restored after training
+
+
 def test_divergence_stops_with_a_clear_message(registry) -> None:
     calls = []
 
