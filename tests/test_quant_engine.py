@@ -129,3 +129,59 @@ def test_quantize_returns_a_calibrated_model_close_to_fp32(registry) -> None:
     ref = model(x)
     err = (q(x) - ref).abs().max() / ref.abs().max()
     assert 0 < err < 0.05
+
+
+class _TwoBranches(torch.nn.Module):
+    """Two conv branches of different ranges, concatenated, then a conv: an inception-style join."""
+
+    def __init__(self, traceable: bool = True) -> None:
+        super().__init__()
+        from quantplug import nn as qnn
+
+        self.a = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.join = torch.nn.Conv2d(8, 2, 1)
+        self.cat = None if traceable else qnn.Concat(dim=1)
+        with torch.no_grad():
+            self.b.weight.mul_(5.0)  # the branches' ranges differ by about 5x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.relu(self.a(x)), self.b(x)
+        if self.cat is None:
+            return self.join(torch.cat([a, b], dim=1))
+        if x.shape[0] < 0:  # data-dependent control flow: fx cannot trace this model
+            return a
+        return self.join(self.cat(a, b))
+
+
+@pytest.mark.parametrize("traceable", [True, False])
+def test_concat_inputs_share_one_scale_in_the_exported_graph(registry, tmp_path, traceable: bool) -> None:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from quantplug.export import export_qdq
+
+    torch.manual_seed(0)
+    model = _TwoBranches(traceable).eval()
+    data = batches(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantplug.quantize(model, QuantRecipe(target="tensorrt", calib_batches=8), data, registry=registry,
+                               progress=False)
+    assert q.quantplug_report.traced is traceable
+    path = export_qdq(q, (data[0][:1],), tmp_path / "cat.onnx", "tensorrt", ["input"], ["out"], registry=registry)
+    graph = onnx.load(path).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    cat = next(n for n in graph.node if n.op_type == "Concat")
+    scales = []
+    for name in cat.input:  # each concat input: DQ(Q(x)) with a per-tensor scale
+        dq = producer[name]
+        assert dq.op_type == "DequantizeLinear" and producer[dq.input[0]].op_type == "QuantizeLinear"
+        scales.append(float(inits[dq.input[1]]))
+    assert len(scales) == 2 and scales[0] == scales[1] > 0  # TensorRT's rule: equal scales into a concat
+    # and the shared scale covers the wider branch (calibrated on both), not only the first one
+    with torch.no_grad():
+        wide = float(torch.cat([model.b(x) for x in data]).abs().max())
+    assert scales[0] * 127 >= 0.5 * wide and np.isfinite(scales[0])
