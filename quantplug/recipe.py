@@ -85,7 +85,7 @@ class QuantRecipe:
         if self.qat_epochs < 0:
             raise ConfigError(f"qat_epochs={self.qat_epochs} must not be negative")
         if not 0 < self.lr_scale <= 1:
-            raise ConfigError(f"lr_scale={self.lr_scale} must be in (0, 1]; QAT uses 0.1 of the training rate")
+            raise ConfigError(f"lr_scale={self.lr_scale} must be in (0, 1]; it is a fraction of the model's own training rate (default 0.1), set with --lr-scale")
         if self.distill_temperature <= 0:
             raise ConfigError(f"distill_temperature={self.distill_temperature} must be positive")
         if not 0 <= self.distill_alpha <= 1:

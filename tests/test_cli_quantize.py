@@ -27,7 +27,7 @@ def test_user_model_quantizes_into_a_complete_directory(tmp_path: Path) -> None:
     torch.save(build().state_dict(), weights)
     out = tmp_path / "out"
     r = _cli("--model", "tests.quant_models:build", "--weights", str(weights), "--data", "tests.quant_models:make_data",
-             "--calib-batches", "6", "--output", str(out), cwd=tmp_path)
+             "--calib-batches", "6", "--lr-scale", "0.5", "--output", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.onnx", "model_fp32.onnx", "recipe.json"]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -35,7 +35,8 @@ def test_user_model_quantizes_into_a_complete_directory(tmp_path: Path) -> None:
     assert metrics["quantized"]["onnxruntime"] == metrics["quantized"]["torch"]
     assert metrics["onnxruntime_vs_torch_max_abs_diff"] < 1e-3
     assert set(metrics["stages"]) >= {"prepare", "method", "export", "evaluate"}
-    assert json.loads((out / "recipe.json").read_text())["calib_batches"] == 6
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert (recipe["calib_batches"], recipe["lr_scale"]) == (6, 0.5)
     assert "fewer than the 100 recommended" in r.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
@@ -51,6 +52,7 @@ def test_user_model_quantizes_into_a_complete_directory(tmp_path: Path) -> None:
         (["--data", "tests.quant_models:make_empty_data"], "calibration set is empty"),
         (["--data", "tests.quant_models:make_wrong_shape_data"], "the data must yield batches shaped like"),
         (["--weights", "BADWEIGHTS"], "do not match model"),
+        (["--lr-scale", "3"], "lr_scale=3.0 must be in (0, 1]"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, args: list[str], message: str) -> None:

@@ -17,13 +17,16 @@ import click
 @click.option("--weight-bits", type=int, help="4 or 8.")
 @click.option("--calib-batches", type=int, help="Calibration batches (default 128; fewer warns).")
 @click.option("--epochs", type=int, help="QAT/QAD epochs.")
+@click.option("--lr-scale", type=float,
+              help="QAT/QAD learning rate as a fraction of the model's training rate (default 0.1).")
+@click.option("--train-batch-size", type=int, help="QAT/QAD batch size (default 64).")
 @click.option("--seed", type=int, help="Seed for the model, data order and training.")
 @click.option("--output", "output", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(workload_name: str | None, model_spec: str | None, weights: str | None, data_spec: str | None,
             recipe_file: str | None, method: str | None, calibrator: str | None, target: str | None,
-            weight_bits: int | None, calib_batches: int | None, epochs: int | None, seed: int | None,
-            output: str, quiet: bool) -> None:
+            weight_bits: int | None, calib_batches: int | None, epochs: int | None, lr_scale: float | None,
+            train_batch_size: int | None, seed: int | None, output: str, quiet: bool) -> None:
     """Quantize a workload (--workload) or your model (--model/--weights/--data) into OUTPUT:
     model.onnx (QDQ or dynamic), model_fp32.onnx, recipe.json and metrics.json."""
     import json
@@ -38,7 +41,8 @@ def command(workload_name: str | None, model_spec: str | None, weights: str | No
     recipe = QuantRecipe.load(recipe_file) if recipe_file else QuantRecipe()
     changes = {k: v for k, v in {"method": method, "calibrator": calibrator, "target": target,
                                  "weight_bits": weight_bits, "calib_batches": calib_batches,
-                                 "qat_epochs": epochs, "seed": seed}.items() if v is not None}
+                                 "qat_epochs": epochs, "lr_scale": lr_scale, "train_batch_size": train_batch_size,
+                                 "seed": seed}.items() if v is not None}
     recipe = recipe.replace(**changes)
     pm = get_plugin_manager()
     registry = build_registry(pm)
