@@ -3,7 +3,7 @@
     PYTHONPATH=. python3 scripts/compare_methods.py --workload digits-mobilenet --weight-bits 4 \
         --seeds 5 --methods ptq,qat,qad [--device cuda] [--out DIR]
     PYTHONPATH=. python3 scripts/compare_methods.py --workload minilm --seeds 1 \
-        --methods ptq,qad,dynamic --calibrator mse --lr-scale 1.0
+        --methods ptq,qad --calibrator mse --lr-scale 1.0 --train-batch-size 32
 
 Scores are ONNX Runtime's on the exported model, on the workload's held-out split (never used for
 calibration or training). Prints a table of mean, std and worst drop of the workload's metric per method
@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--calibrator", default="percentile")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr-scale", type=float, default=0.1, help="QAT/QAD learning rate, times the workload's")
+    p.add_argument("--train-batch-size", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=Path("compare-methods"))
     args = p.parse_args()
@@ -55,7 +56,8 @@ def main() -> None:
         fp32.append(fp)
         for method in methods:
             recipe = QuantRecipe(method=method, calibrator=args.calibrator, weight_bits=args.weight_bits,
-                                 qat_epochs=args.epochs, lr_scale=args.lr_scale, seed=seed)
+                                 qat_epochs=args.epochs, lr_scale=args.lr_scale,
+                                 train_batch_size=args.train_batch_size, seed=seed)
             t = time.perf_counter()
             q = quantplug.quantize(model.to(args.device), recipe, None, workload=wl, registry=registry,
                                    progress=False)
@@ -72,6 +74,7 @@ def main() -> None:
     summary = {"workload": args.workload, "weight_bits": args.weight_bits, "activation_bits": 8,
                "device": args.device, "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
                "torch": torch.__version__, "seeds": args.seeds, "epochs": args.epochs, "lr_scale": args.lr_scale,
+               "train_batch_size": args.train_batch_size,
                "calibrator": args.calibrator, "fp32": fp32, "methods": {}}
     extra = [k for k in rows[methods[0]][0]["scores"] if k != wl.metric] if rows[methods[0]] else []
     print(f"\n{args.workload} W{args.weight_bits}A8, {args.seeds} seeds, FP32 mean {statistics.fmean(fp32):.4f}")
