@@ -179,3 +179,36 @@ def test_embedding_rows_are_looked_up_before_dequantizing(registry, tmp_path: Pa
         ref = q(ids).numpy()
     out = session(path, 1).run(None, {"ids": ids.numpy()})[0]
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+class _MaskedAttention(torch.nn.Module):
+    """Scores + an additive padding mask (float32 minimum, as transformers build it), softmax, weighted sum."""
+
+    def forward(self, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = q @ q.transpose(-1, -2) / 4.0
+        additive = (1.0 - mask[:, None, :].float()) * torch.finfo(torch.float32).min
+        return torch.softmax(scores + additive, dim=-1) @ q
+
+
+def test_masked_softmax_is_guarded_and_unchanged(tmp_path: Path, monkeypatch) -> None:
+    import quantplug.export.onnx_export as onnx_export
+
+    torch.manual_seed(0)
+    q = torch.randn(4, 64, 16) * 3
+    mask = torch.zeros(4, 64, dtype=torch.int64)
+    for i, n in enumerate((64, 40, 9, 1)):
+        mask[i, :n] = 1
+    feeds = {"q": q.numpy(), "mask": mask.numpy()}
+    path = export_fp32(_MaskedAttention(), (q, mask), tmp_path / "att.onnx", ["q", "mask"], ["out"])
+    graph = onnx.load(path).graph
+    soft = next(n for n in graph.node if n.op_type == "Softmax")
+    producer = {o: n for n in graph.node for o in n.output}
+    assert producer[soft.input[0]].op_type == "Max"  # the guard sits right before the softmax
+    assert sum(n.op_type == "ReduceMax" for n in graph.node) == 1
+    out = session(path, 1).run(None, feeds)[0]
+    monkeypatch.setattr(onnx_export, "guard_masked_softmax", lambda proto: 0)
+    plain = export_fp32(_MaskedAttention(), (q, mask), tmp_path / "plain.onnx", ["q", "mask"], ["out"])
+    assert not any(n.op_type == "ReduceMax" for n in onnx.load(plain).graph.node)
+    np.testing.assert_array_equal(out, session(plain, 1).run(None, feeds)[0])  # the same numbers, bit for bit
+    with torch.no_grad():
+        np.testing.assert_allclose(out, _MaskedAttention()(q, mask).numpy(), rtol=1e-5, atol=1e-5)

@@ -23,6 +23,7 @@ from .passes import (
     constants_to_initializers,
     fold_weights,
     gather_then_dequantize,
+    guard_masked_softmax,
     quantize_biases,
     scalar_qparams,
 )
@@ -63,7 +64,9 @@ def _torch_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], in
             raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {type(e).__name__}: {e}; "
                               "the model must be exportable with the TorchScript exporter (opset "
                               f"{opset})") from e
-        return onnx.load(path)
+        proto = onnx.load(path)
+    guard_masked_softmax(proto)
+    return proto
 
 
 def save_atomic(model_proto: Any, path: str | os.PathLike[str]) -> Path:

@@ -7,6 +7,8 @@
   ``input_scale * weight_scale`` (ONNX Runtime only fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` when
   every input is dequantized).
 - :func:`scalar_qparams`: one-element per-tensor scales/zero points become scalars.
+- :func:`gather_then_dequantize`: an INT8 embedding table is looked up before its rows are dequantized.
+- :func:`guard_masked_softmax`: masked softmaxes keep their exp arguments in ONNX Runtime's fast range.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WeightSpec", "spec_digest", "fold_weights", "quantize_biases", "scalar_qparams", "constants_to_initializers"]
+__all__ = ["WeightSpec", "spec_digest", "fold_weights", "quantize_biases", "scalar_qparams", "constants_to_initializers",
+           "gather_then_dequantize", "guard_masked_softmax"]
 
 
 @dataclass
@@ -305,4 +308,60 @@ def gather_then_dequantize(model: object) -> int:
         keep = [t for t in graph.initializer if t.name in used or t.name not in dropped]
         del graph.initializer[:]
         graph.initializer.extend(keep)
+    return done
+
+
+SOFTMAX_FLOOR = -80.0  # exp(-80) ~ 1.8e-35: nothing next to the row's largest term, exp(0) = 1, in float32
+
+
+def guard_masked_softmax(model: object) -> int:
+    """``Softmax(scores + mask)`` becomes ``Softmax(max(x - rowmax(x), -80))``: the same numbers, faster.
+
+    An attention mask adds a huge negative number (transformers use the float32 minimum) to padded
+    positions. ONNX Runtime's CPU softmax takes a slow path for every exp argument below about -87 (seen:
+    8-10x slower over a [8, 12, 128, 128] input with most positions masked; 30 ms of a 175 ms
+    all-MiniLM-L6-v2 run at 128 tokens). Shifting by the row maximum and flooring at -80 keeps every
+    exp argument in range; the floored terms weigh at most 1.8e-35 against a row sum of at least 1,
+    below float32 resolution, so the probabilities are unchanged. Only softmaxes fed by an ``Add`` (the
+    masking) are rewritten. Returns the number rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)  # type: ignore[attr-defined]
+    if opset < 13:
+        return 0
+    producer = {o: n for n in graph.node for o in n.output}
+    floor = numpy_helper.from_array(np.array(SOFTMAX_FLOOR, np.float32), "quantplug_softmax_floor")
+    done = 0
+    replaced: dict[int, list[Any]] = {}
+    for idx, node in enumerate(graph.node):
+        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+            continue
+        src = producer.get(node.input[0])
+        if src is None or src.op_type != "Add":
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        base = f"{node.output[0]}_guard{done}"
+        if opset >= 18:
+            axes = numpy_helper.from_array(np.array([axis], np.int64), f"{base}_axes")
+            graph.initializer.append(axes)
+            rowmax = helper.make_node("ReduceMax", [node.input[0], axes.name], [f"{base}_max"], keepdims=1,
+                                      name=f"{base}_max")
+        else:
+            rowmax = helper.make_node("ReduceMax", [node.input[0]], [f"{base}_max"], axes=[axis], keepdims=1,
+                                      name=f"{base}_max")
+        replaced[idx] = [
+            rowmax,
+            helper.make_node("Sub", [node.input[0], f"{base}_max"], [f"{base}_shifted"], name=f"{base}_sub"),
+            helper.make_node("Max", [f"{base}_shifted", floor.name], [f"{base}_floored"], name=f"{base}_floor"),
+            helper.make_node("Softmax", [f"{base}_floored"], list(node.output), axis=axis, name=node.name or base),
+        ]
+        done += 1
+    if done:
+        graph.initializer.append(floor)
+        nodes = list(graph.node)
+        del graph.node[:]
+        for i, n in enumerate(nodes):
+            graph.node.extend(replaced.get(i, [n]))
     return done
