@@ -64,6 +64,16 @@ def test_qat_cost_names_epochs_and_lr_and_int4_takes_more_epochs() -> None:
     assert parse(a4.command).params["weight_bits"] in ("4", 4)
 
 
+def test_transformer_qad_fine_tunes_at_the_pretrained_rate() -> None:
+    advice = advise(Situation(max_drop=0.3, model_kind="transformer", training_data=False),
+                    model_args=("--workload", "minilm"))
+    ctx = parse(advice.command)
+    assert advice.choice == "qad" and ctx.params["lr_scale"] == 1.0 and ctx.params["train_batch_size"] == 32
+    assert any("--lr-scale 1" in n for n in advice.notes)
+    cnn = parse(advise(Situation(max_drop=0.3, training_data=False)).command)
+    assert cnn.params["lr_scale"] is None  # others keep the default tenth
+
+
 def test_commands_name_the_model_and_parse() -> None:
     advice = advise(Situation(max_drop=1.5), model_args=("--model", "m.py:make", "--data", "d.py:data"),
                     output="out dir")
