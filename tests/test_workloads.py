@@ -192,7 +192,7 @@ def test_minilm_embeddings_are_unit_norm_and_similarity_behaves(minilm):  # type
 
 
 def test_minilm_text_splits_are_disjoint_real_sentences(minilm):  # type: ignore[no-untyped-def]
-    w, _ = minilm
+    w, model = minilm
     train, test = w.sentences("train"), w.sentences("test")
     assert len(test) == 500 and len(train) >= 2000 and not set(train) & set(test)
     assert all(s[0].isupper() and s.endswith(".") for s in test)
@@ -201,7 +201,12 @@ def test_minilm_text_splits_are_disjoint_real_sentences(minilm):  # type: ignore
     assert sum(len(ids) for ids, _ in batches) == len(train)
     assert not {tuple(r) for ids, _ in batches for r in ids.numpy()} & test_rows
     (ids, mask), labels = next(iter(w.train_batches(8)))
-    assert ids.shape == mask.shape == (8, 128) and ids.dtype == torch.int64 and labels is None
+    (full_ids, full_mask) = next(iter(w.calibration_batches(8)))  # the same shuffled rows, padded to 128
+    longest = int(full_mask.sum(dim=1).max())
+    assert ids.shape == mask.shape == (8, longest) < (8, 128) and ids.dtype == torch.int64 and labels is None
+    assert torch.equal(ids, full_ids[:, :longest]) and int(full_mask[:, longest:].sum()) == 0
+    with torch.no_grad():  # cutting the padding changes nothing in the embedding
+        np.testing.assert_allclose(model(ids, mask).numpy(), model(full_ids, full_mask).numpy(), atol=1e-5)
     with pytest.raises(ConfigError, match="no labels"):
         w.loss(torch.zeros(8, 384), None)
 
