@@ -37,7 +37,16 @@ def build_cli() -> click.Group:
     return cli
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """Warnings from quantplug are meant for the person at the terminal: one line, no source echo."""
+    return f"Warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
     cli = build_cli()
     try:
         cli.main(args=argv, prog_name="quantplug", standalone_mode=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import tempfile
 import warnings
@@ -30,7 +29,6 @@ from .passes import (
 
 __all__ = ["export_fp32", "export_qdq", "export_quantized", "frozen_weights", "save_atomic"]
 
-log = logging.getLogger(__name__)
 
 INT8_OPSET = 17
 INT4_OPSET = 21
@@ -157,7 +155,6 @@ def export_qdq(qmodel: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
                f"({', '.join(s.name for s in missing[:4])}): the exporter dropped or constant-folded them; "
                "their values are still the quantized ones")
         warnings.warn(msg, UserWarning, stacklevel=2)
-        log.warning(msg)
     scalar_qparams(proto)
     from ..quant.prepare import quantize_outputs
 

@@ -3,7 +3,6 @@ calibrator turns the same histograms into ranges (so comparing all four costs on
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,7 +19,6 @@ from .prepare import act_quantizers
 __all__ = ["MIN_RECOMMENDED_BATCHES", "apply_ranges", "as_inputs", "calibrate", "collect_histograms",
            "compute_ranges", "ranges_by_calibrator", "search_weight_clipping"]
 
-log = logging.getLogger(__name__)
 MIN_RECOMMENDED_BATCHES = 100
 
 
@@ -88,7 +86,6 @@ def collect_histograms(model: nn.Module, batches: Iterable[Any], max_batches: in
                "activation ranges may be unreliable (insufficient calibration); pass more data or raise "
                "calib_batches (--calib-batches)")
         warnings.warn(msg, UserWarning, stacklevel=2)
-        log.warning(msg)
     hists: dict[str, Histogram] = {}
     for q in quantizers:
         if q.histogram is None or q.histogram.batches == 0:
