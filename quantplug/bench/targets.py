@@ -42,9 +42,10 @@ def _target(workload: str, what: str, measured: Any, threshold: float, unit: str
             "source": source}
 
 
-def _pair_ratios(r: Mapping[str, Any], key: str) -> list[float] | None:
-    pairs = _get(r, "served", "ab", key, "pairs")
-    return [float(p["speedup_throughput"]) for p in pairs] if pairs else None
+def _each(r: Mapping[str, Any], field: str, *path: str) -> list[float] | None:
+    """``field`` of every record in the list at ``path`` (A/B pairs, efficiency probes)."""
+    records = _get(r, *path)
+    return [float(p[field]) for p in records] if records else None
 
 
 def _round_ratios(r: Mapping[str, Any], batch: int, ours: str, peer: str) -> list[float] | None:
@@ -53,10 +54,6 @@ def _round_ratios(r: Mapping[str, Any], batch: int, ours: str, peer: str) -> lis
         return None
     return [p / o for p, o in zip(rounds[peer], rounds[ours], strict=True) if o > 0]
 
-
-def _efficiency_ratios(r: Mapping[str, Any], key: str) -> list[float] | None:
-    probes = _get(r, "served", "efficiency_pairs", key)
-    return [float(p["efficiency"]) for p in probes] if probes else None
 
 
 def evaluate_targets(results: Mapping[str, Any], batch: int) -> list[dict[str, Any]]:
@@ -70,10 +67,12 @@ def evaluate_targets(results: Mapping[str, Any], batch: int) -> list[dict[str, A
                 out.append(_target(name, f"served {label} / FP32 throughput >= {SERVED_SPEEDUP[name]}x "
                                          f"(request batch {batch})",
                                    _get(r, "served", "speedup_vs_fp32", key), SERVED_SPEEDUP[name], "x",
-                                   f"workloads.{name}.served.speedup_vs_fp32.{key}", _pair_ratios(r, key)))
+                                   f"workloads.{name}.served.speedup_vs_fp32.{key}",
+                                   _each(r, "speedup_throughput", "served", "ab", key, "pairs")))
         out.append(_target(name, f"served INT8 >= {SERVED_EFFICIENCY:.0%} of in-process INT8 (batch {batch})",
                            _get(r, "efficiency", "int8"), SERVED_EFFICIENCY, "ratio",
-                           f"workloads.{name}.efficiency.int8", _efficiency_ratios(r, "int8")))
+                           f"workloads.{name}.efficiency.int8",
+                           _each(r, "efficiency", "served", "efficiency_pairs", "int8")))
         out.append(_target(name, f"our INT8 no slower than the peer (in-process, batch {batch})",
                            _get(r, "in_process", f"batch_{batch}", "speedup_vs_peer", "int8"), VS_PEER, "x",
                            f"workloads.{name}.in_process.batch_{batch}.speedup_vs_peer.int8",

@@ -166,6 +166,26 @@ def _initializer_map(graph: object) -> dict[str, object]:
     return {i.name: i for i in graph.initializer}  # type: ignore[attr-defined]
 
 
+def _producers(graph: Any) -> dict[str, Any]:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def _splice(graph: Any, replaced: dict[int, list[Any]]) -> None:
+    """Replace the node at each index of ``replaced`` by its list of nodes (an empty list deletes it)."""
+    nodes = list(graph.node)
+    del graph.node[:]
+    for i, n in enumerate(nodes):
+        graph.node.extend(replaced.get(i, [n]))
+
+
+def _drop_unused_initializers(graph: Any, candidates: set[str] | None = None) -> None:
+    """Remove initializers no node or graph output uses (only those in ``candidates`` when given)."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used or (candidates is not None and t.name not in candidates)]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
 def scalar_qparams(model: object) -> None:
     """Reshape one-element scale/zero-point initializers of per-tensor Q/DQ nodes to scalars."""
     graph = model.graph  # type: ignore[attr-defined]
@@ -193,11 +213,7 @@ def quantize_biases(model: object) -> int:
 
     graph = model.graph  # type: ignore[attr-defined]
     inits = _initializer_map(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
+    producer = _producers(graph)
     done = 0
     extra_nodes = []
     for node in graph.node:
@@ -238,11 +254,7 @@ def quantize_biases(model: object) -> int:
         nodes = list(graph.node)
         del graph.node[:]
         graph.node.extend(extra_nodes + nodes)
-        # drop float biases nobody uses any more
-        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        keep = [i for i in graph.initializer if i.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        _drop_unused_initializers(graph)  # the float biases nobody uses any more
     return done
 
 
@@ -260,7 +272,8 @@ def gather_then_dequantize(model: object) -> int:
 
     graph = model.graph  # type: ignore[attr-defined]
     inits = _initializer_map(graph)
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = _producers(graph)
+    index = {id(n): i for i, n in enumerate(graph.node)}
     uses: dict[str, int] = {}
     for n in graph.node:
         for i in n.input:
@@ -296,18 +309,12 @@ def gather_then_dequantize(model: object) -> int:
             helper.make_node("Cast", [f"{base}_q"], [f"{base}_f"], to=onnx.TensorProto.FLOAT, name=f"{base}_cast"),
             helper.make_node("Mul", [f"{base}_f", f"{base}_s"], [node.output[0]], name=f"{base}_mul"),
         ]
-        replaced[list(graph.node).index(dq)] = []
+        replaced[index[id(dq)]] = []
         dropped.update(dq.input[1:])
         done += 1
     if done:
-        nodes = list(graph.node)
-        del graph.node[:]
-        for i, n in enumerate(nodes):
-            graph.node.extend(replaced.get(i, [n]))
-        used = {i for n in graph.node for i in n.input}
-        keep = [t for t in graph.initializer if t.name in used or t.name not in dropped]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        _splice(graph, replaced)
+        _drop_unused_initializers(graph, dropped)
     return done
 
 
@@ -331,7 +338,7 @@ def guard_masked_softmax(model: object) -> int:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)  # type: ignore[attr-defined]
     if opset < 13:
         return 0
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = _producers(graph)
     floor = numpy_helper.from_array(np.array(SOFTMAX_FLOOR, np.float32), "quantplug_softmax_floor")
     done = 0
     replaced: dict[int, list[Any]] = {}
@@ -360,8 +367,5 @@ def guard_masked_softmax(model: object) -> int:
         done += 1
     if done:
         graph.initializer.append(floor)
-        nodes = list(graph.node)
-        del graph.node[:]
-        for i, n in enumerate(nodes):
-            graph.node.extend(replaced.get(i, [n]))
+        _splice(graph, replaced)
     return done

@@ -82,6 +82,16 @@ def _epoch_batches(ctx: QuantContext, epoch: int) -> Any:
     return batches if hasattr(batches, "__len__") else list(batches)
 
 
+def _inputs_and_labels(batch: Any, device: torch.device) -> tuple[tuple[torch.Tensor, ...], Any]:
+    """A training batch, ``(inputs, labels)`` or bare inputs, on ``device``."""
+    if isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[0], tuple | list):
+        labels = batch[1]
+        if isinstance(labels, torch.Tensor):
+            labels = labels.to(device, non_blocking=True)
+        return to_device(tuple(batch[0]), device), labels
+    return to_device(as_inputs(batch), device), None
+
+
 def finetune(model: nn.Module, ctx: QuantContext, loss_fn: LossFn, desc: str) -> nn.Module:
     """Train ``model`` (fake-quant) for ``recipe.qat_epochs`` epochs with ``loss_fn(outputs, inputs, labels)``."""
     recipe = ctx.recipe
@@ -96,10 +106,34 @@ def finetune(model: nn.Module, ctx: QuantContext, loss_fn: LossFn, desc: str) ->
     device = model_device(model)
     monitor = DivergenceMonitor(desc, lr=lr)
     torch.manual_seed(recipe.seed)
+    from tqdm.auto import tqdm
+
     history: list[float] = []
+    step = 0
     model.train()
     with contextlib.nullcontext() if recipe.train_dropout else dropout_off(model):
-        _train_epochs(model, ctx, loss_fn, desc, opt, sched, first, total_steps, device, monitor, history)
+        for epoch in range(recipe.qat_epochs):
+            total, n = 0.0, 0
+            batches = first if epoch == 0 else _epoch_batches(ctx, epoch)
+            bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.qat_epochs}",
+                       unit="batch", disable=not ctx.progress, leave=False)
+            for batch in bar:
+                inputs, labels = _inputs_and_labels(batch, device)
+                out = model(*inputs)
+                loss = loss_fn(out, inputs, labels)
+                value = float(loss.detach())
+                step += 1
+                monitor.update(value, epoch, step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None and sched.last_epoch < total_steps:
+                    sched.step()
+                total += value
+                n += 1
+                if ctx.progress:
+                    bar.set_postfix(loss=f"{value:.4f}")
+            history.append(total / max(n, 1))
     model.eval()
     ctx.log.setdefault("train_loss", {})[desc] = history
     ctx.log["train_lr"] = lr
@@ -118,39 +152,3 @@ def dropout_off(model: nn.Module) -> Iterator[None]:
     finally:
         for m, p in saved:
             m.p = p
-
-
-def _train_epochs(model: nn.Module, ctx: QuantContext, loss_fn: LossFn, desc: str, opt: torch.optim.Optimizer,
-                  sched: Any, first: Any, total_steps: int, device: torch.device, monitor: DivergenceMonitor,
-                  history: list[float]) -> None:
-    from tqdm.auto import tqdm
-
-    recipe = ctx.recipe
-    step = 0
-    for epoch in range(recipe.qat_epochs):
-        total, n = 0.0, 0
-        batches = first if epoch == 0 else _epoch_batches(ctx, epoch)
-        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.qat_epochs}",
-                   unit="batch", disable=not ctx.progress, leave=False)
-        for batch in bar:
-            if isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[0], tuple | list):
-                inputs, labels = to_device(tuple(batch[0]), device), batch[1]
-                if isinstance(labels, torch.Tensor):
-                    labels = labels.to(device, non_blocking=True)
-            else:
-                inputs, labels = to_device(as_inputs(batch), device), None
-            out = model(*inputs)
-            loss = loss_fn(out, inputs, labels)
-            value = float(loss.detach())
-            step += 1
-            monitor.update(value, epoch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None and sched.last_epoch < total_steps:
-                sched.step()
-            total += value
-            n += 1
-            if ctx.progress:
-                bar.set_postfix(loss=f"{value:.4f}")
-        history.append(total / max(n, 1))
