@@ -149,8 +149,10 @@ def test_run_ab_alternates_and_computes_ratios_per_pair(server: TritonServer, tm
 def test_distributed_master_and_two_workers(server: TritonServer, tmp_path: Path) -> None:
     stats = run_load(server.grpc_url, "fast", users=2, duration_s=3, batch_size=2, workers=2, folder=tmp_path)
     assert stats.requests > 0 and stats.failures == 0 and stats.workers == 2
-    # the only acceptable note: a process that hung at exit after its results, ended by its watchdog
-    assert all("exit watchdog ended it" in n for n in stats.notes), stats.notes
+    # the only acceptable notes: a process that hung at exit after writing its complete results, ended by its
+    # own watchdog, or (a worker stuck before locust's quitting event, so no watchdog) by the runner's kill
+    assert all("exit watchdog ended it" in n or "wrote its complete results, then did not exit" in n
+               for n in stats.notes), stats.notes
     done = read_timings(tmp_path / "run-1").done
     assert done is not None and done["workers"] == 2 and done["workers_final"] == 2
     logs = sorted(p.name for p in (tmp_path / "run-1").glob("*.log"))
