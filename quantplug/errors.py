@@ -16,6 +16,7 @@ __all__ = [
     "CalibrationError",
     "TrainingDivergedError",
     "ExportError",
+    "ParityError",
     "RepositoryError",
     "ServerError",
     "LoadTestError",
@@ -54,6 +55,10 @@ class TrainingDivergedError(QuantplugError):
 
 class ExportError(QuantplugError):
     """ONNX export or a target rule check failed; names the offending node."""
+
+
+class ParityError(QuantplugError):
+    """The runtime's outputs differ from the fake-quant model beyond the parity tolerance."""
 
 
 class RepositoryError(QuantplugError):

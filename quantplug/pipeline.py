@@ -85,19 +85,25 @@ def _emit(pm: Any, stage: str, seconds: float, info: dict[str, Any], stages: dic
 
 def quantize_to_dir(source: Any, recipe: QuantRecipe, output_dir: str | os.PathLike[str], *,
                     registry: Any = None, pm: Any = None, progress: bool = True,
-                    model: Any = None, evaluate: bool = True) -> QuantizeResult:
+                    model: Any = None, evaluate: bool = True, allow_divergence: bool = False) -> QuantizeResult:
     """Quantize ``source`` (a workload, e.g. ``registry.workload("mnist-cnn")`` or a
     :class:`quantplug.user.UserWorkload`) with ``recipe`` into ``output_dir``.
 
     ``model`` overrides ``source.build_model(seed=recipe.seed)``. Returns the paths and metrics.
+    With a test set, the parity of ONNX Runtime with the fake-quant model is checked
+    (:mod:`quantplug.parity`, into ``metrics["parity"]``); a divergence beyond its tolerance raises
+    :class:`~quantplug.errors.ParityError` naming the first divergent layer and writes nothing, unless
+    ``allow_divergence``.
     """
     from . import quantize
+    from .cpu import resolve_cpu
     from .export import export_fp32, export_quantized
     from .plugins import get_plugin_manager
     from .registry import build_registry
 
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
+    recipe = recipe.replace(cpu=resolve_cpu(recipe.cpu))  # recipe.json names the CPU the model is exact on
     if pm is None and registry is None:
         pm = get_plugin_manager()
     registry = registry or build_registry(pm)
@@ -142,6 +148,11 @@ def quantize_to_dir(source: Any, recipe: QuantRecipe, output_dir: str | os.PathL
             t = time.perf_counter()
             metrics.update(_evaluate(source, fp_model, qmodel, fp32_path, model_path, ins))
             _emit(pm, "evaluate", time.perf_counter() - t, info, stages)
+            parity = metrics.get("parity")
+            if parity is not None and not parity["ok"] and not allow_divergence:
+                from .errors import ParityError
+
+                raise ParityError(f"{parity['message']}; nothing was written (pass --allow-divergence to keep it)")
         size_q, size_fp = model_path.stat().st_size, fp32_path.stat().st_size
         report = getattr(qmodel, "quantplug_report", None)
         log = getattr(qmodel, "quantplug_log", {})
@@ -177,6 +188,9 @@ def _evaluate(source: Any, fp_model: Any, qmodel: Any, fp32_path: Path, model_pa
         out_q_t = predict_torch(qmodel, inputs, ins)
         out_fp_o = predict_onnx(fp32_path, inputs)
         out_q_o = predict_onnx(model_path, inputs)
+        from .parity import check_parity
+
+        parity = check_parity(qmodel, model_path, inputs, ins, torch_out=out_q_t, runtime_out=out_q_o)
     except QuantplugError:
         raise
     except Exception as e:
@@ -186,6 +200,7 @@ def _evaluate(source: Any, fp_model: Any, qmodel: Any, fp32_path: Path, model_pa
         "fp32": {"torch": source.score(out_fp_t, targets), "onnxruntime": source.score(out_fp_o, targets)},
         "quantized": {"torch": source.score(out_q_t, targets), "onnxruntime": source.score(out_q_o, targets)},
         "onnxruntime_vs_torch_max_abs_diff": float(np.abs(out_q_o - out_q_t).max()),
+        "parity": {**parity.to_dict(), "message": "" if parity.ok else parity.message()},
         "test_size": int(len(targets)),
     }
 

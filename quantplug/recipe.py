@@ -55,6 +55,9 @@ class QuantRecipe:
     distill_temperature: float = 4.0
     distill_alpha: float = 1.0  # weight of the distillation loss; 1 - alpha goes to the label loss
     seed: int = 0
+    # The serving CPU's integer ISA (quantplug.cpu): "auto" is resolved to this machine's when quantizing,
+    # so recipe.json records the CPU the model is exact on.
+    cpu: str = "auto"
     version: int = RECIPE_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # third-party method/calibrator settings
 
@@ -90,6 +93,11 @@ class QuantRecipe:
             raise ConfigError(f"distill_temperature={self.distill_temperature} must be positive")
         if not 0 <= self.distill_alpha <= 1:
             raise ConfigError(f"distill_alpha={self.distill_alpha} must be in [0, 1]")
+        from .cpu import CPU_CHOICES
+
+        if self.cpu not in CPU_CHOICES and self.cpu != "generic":
+            raise ConfigError(f"cpu={self.cpu!r} is not one of {', '.join(CPU_CHOICES)}; pass --cpu with the serving "
+                              "CPU's integer instructions (`quantplug env` shows this machine's)")
         if self.version > RECIPE_VERSION:
             raise ConfigError(
                 f"recipe version {self.version} is newer than this quantplug understands ({RECIPE_VERSION}); upgrade quantplug"

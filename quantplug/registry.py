@@ -44,6 +44,26 @@ class Scheme:
     weight_axis: int = 0
     int4_weights: bool = True  # whether INT4 weight-only QDQ may be exported for this target
     min_opset: int = 13
+    # CPU-dependent integer range: True for runtimes whose x86 U8S8 kernels saturate 16-bit pair sums on
+    # CPUs without VNNI/AMX (see quantplug.cpu); such a scheme is specialised per serving CPU by for_cpu().
+    cpu_sensitive: bool = False
+    cpu: str | None = None  # the serving CPU ISA this scheme was specialised for (None: any)
+    weight_qmax: int | None = None  # 8-bit weight range [-qmax, qmax]; None = 127 (64: 7-bit as ONNX Runtime reduce_range, exact without VNNI)
+
+    def for_cpu(self, isa: str | None) -> Scheme:
+        """This scheme for a serving CPU ISA (``quantplug.cpu``): 7-bit weights where U8S8 saturates."""
+        if not self.cpu_sensitive or isa is None:
+            return self
+        from dataclasses import replace
+
+        from .cpu import saturates
+
+        return replace(self, cpu=isa, weight_qmax=64 if saturates(isa) else None)
+
+    def weight_range(self, bits: int) -> int:
+        """The symmetric integer weight range [-q, q] for ``bits``-bit weights in this scheme."""
+        full = 2 ** (bits - 1) - 1
+        return min(full, self.weight_qmax) if self.weight_qmax is not None and bits == 8 else full
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

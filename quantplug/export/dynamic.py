@@ -79,7 +79,10 @@ def gemm_to_matmul(model: Any) -> int:
 
 
 def export_dynamic(qmodel: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | os.PathLike[str],
-                   input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None) -> Path:
+                   input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+                   *, reduce_range: bool = False, scheme: Any = None) -> Path:
+    """ONNX Runtime dynamic quantization of the model's MatMuls; ``reduce_range`` gives 7-bit weights
+    ([-64, 64], exact on CPUs without VNNI, matching the fake-quant model's ``WeightQuantizer``)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -92,7 +95,13 @@ def export_dynamic(qmodel: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "dynamic.onnx")
         onnx.save(proto, src)
         try:
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                             reduce_range=reduce_range)
         except Exception as e:
             raise ExportError(f"ONNX Runtime's quantize_dynamic failed: {type(e).__name__}: {e}") from e
-        return save_atomic(onnx.load(dst), path)
+        proto = onnx.load(dst)
+        if scheme is not None:
+            from .metadata import stamp_scheme
+
+            stamp_scheme(proto, scheme)
+        return save_atomic(proto, path)

@@ -20,7 +20,12 @@ __all__ = ["compare_calibrators", "quantize", "scheme_for"]
 
 
 def scheme_for(recipe: QuantRecipe, registry: Registry) -> Any:
+    """The target's scheme, specialised for the recipe's serving CPU (``recipe.cpu``, see quantplug.cpu)."""
+    from ..cpu import resolve_cpu
+
     scheme = registry.backend(recipe.target).scheme
+    if getattr(scheme, "cpu_sensitive", False):
+        scheme = scheme.for_cpu(resolve_cpu(recipe.cpu))
     if recipe.weight_bits == 4 and not scheme.int4_weights:
         raise ConfigError(f"target {recipe.target!r} cannot run INT4 weights; use --weight-bits 8")
     return scheme
@@ -50,7 +55,10 @@ def quantize(model: nn.Module, recipe: QuantRecipe, calib_data: Any = None, trai
     workload's, else cross-entropy). ``train_lr``: the FP32 training LR (default: the workload's, else 1e-3).
     The input model is not modified.
     """
+    from ..cpu import resolve_cpu
+
     registry = registry or build_registry()
+    recipe = recipe.replace(cpu=resolve_cpu(recipe.cpu))  # recipe.json records the CPU it is exact on
     method = registry.method(recipe.method)
     registry.calibrator(recipe.calibrator)  # unknown names fail before any work
     scheme = scheme_for(recipe, registry)

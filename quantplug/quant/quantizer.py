@@ -34,9 +34,14 @@ def act_qrange(dtype: str, bits: int = 8) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def weight_qrange(bits: int) -> tuple[int, int]:
-    """Symmetric narrow range: [-127, 127] for 8 bits, [-7, 7] for 4 (zero point 0)."""
+def weight_qrange(bits: int, qmax: int | None = None) -> tuple[int, int]:
+    """Symmetric narrow range: [-127, 127] for 8 bits, [-7, 7] for 4 (zero point 0); ``qmax`` narrows it
+    further (63 for 7-bit weights, exact on CPUs without VNNI: see :mod:`quantplug.cpu`)."""
     q = 2 ** (bits - 1) - 1
+    if qmax is not None:
+        if not 1 <= qmax <= q:
+            raise ValueError(f"weight qmax={qmax} is outside 1..{q} for {bits}-bit weights")
+        q = qmax
     return -q, q
 
 
@@ -114,12 +119,12 @@ class WeightQuantizer(nn.Module):
     clip_ratio: torch.Tensor
 
     def __init__(self, bits: int = 8, per_channel: bool = True, group_size: int | None = None,
-                 out_channels: int = 1) -> None:
+                 out_channels: int = 1, qmax: int | None = None) -> None:
         super().__init__()
         self.bits = bits
         self.per_channel = per_channel
         self.group_size = group_size
-        self.quant_min, self.quant_max = weight_qrange(bits)
+        self.quant_min, self.quant_max = weight_qrange(bits, qmax)
         self.enabled = True
         # Clip ratio per channel (per group for per-group): 1.0 = plain absolute max; lowered by MSE search.
         self.register_buffer("clip_ratio", torch.ones(out_channels))
@@ -127,7 +132,7 @@ class WeightQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         g = f"group_size={self.group_size}" if self.group_size else ("per-channel" if self.per_channel else "per-tensor")
-        return f"int{self.bits}, {g}"
+        return f"int{self.bits} [{self.quant_min}, {self.quant_max}], {g}"
 
     def _grouped(self, w: torch.Tensor) -> torch.Tensor:
         """Weight as rows that share one scale: [channels, -1] or [channels * groups, group_size]."""

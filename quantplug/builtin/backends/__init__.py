@@ -23,6 +23,7 @@ ONNXRUNTIME_SCHEME = Scheme(
     weight_per_channel=True,
     int4_weights=True,
     min_opset=13,
+    cpu_sensitive=True,  # x86 U8S8 kernels without VNNI saturate: 7-bit weights there (quantplug.cpu)
 )
 TENSORRT_SCHEME = Scheme(
     name="tensorrt",

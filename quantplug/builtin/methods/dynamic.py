@@ -49,7 +49,7 @@ class DynamicMethod:
                 continue
             act = ActQuantizer(f"{name}.input", "uint8", False)
             act.mode = "dynamic"
-            wq = WeightQuantizer(8, per_channel=True, out_channels=module.out_features)
+            wq = WeightQuantizer(8, per_channel=True, out_channels=module.out_features, qmax=scheme.weight_range(8))
             new = QuantLinear.from_float(module, wq, name, act)
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
