@@ -37,7 +37,7 @@ def test_user_model_quantizes_into_a_complete_directory(tmp_path: Path) -> None:
     assert set(metrics["stages"]) >= {"prepare", "method", "export", "evaluate"}
     recipe = json.loads((out / "recipe.json").read_text())
     assert (recipe["calib_batches"], recipe["lr_scale"]) == (6, 0.5)
-    assert "fewer than the 100 recommended" in r.stderr
+    assert "fewer than the 500 recommended" in r.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 

@@ -16,10 +16,12 @@ from .histogram import Histogram, max_range
 from .modules import QUANT_WRAPPERS
 from .prepare import act_quantizers
 
-__all__ = ["MIN_RECOMMENDED_BATCHES", "apply_ranges", "as_inputs", "calibrate", "collect_histograms",
+__all__ = ["MIN_RECOMMENDED_SAMPLES", "apply_ranges", "as_inputs", "calibrate", "collect_histograms",
            "compute_ranges", "ranges_by_calibrator", "search_weight_clipping"]
 
-MIN_RECOMMENDED_BATCHES = 100
+# Samples, not batches: what a range is estimated from does not depend on how the data is batched.
+# About 500: what TensorRT's developer guide finds sufficient to calibrate ImageNet classifiers.
+MIN_RECOMMENDED_SAMPLES = 500
 
 
 def as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
@@ -33,6 +35,11 @@ def as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(batch, dict):
         return tuple(batch.values())
     raise CalibrationError(f"a calibration batch must be a tensor or a tuple of tensors, got {type(batch).__name__}")
+
+
+def _batch_rows(inputs: tuple[Any, ...]) -> int:
+    first = next((t for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0), None)
+    return int(first.shape[0]) if first is not None else 1
 
 
 @torch.no_grad()
@@ -50,7 +57,7 @@ def collect_histograms(model: nn.Module, batches: Iterable[Any], max_batches: in
     was_training = model.training
     model.eval()
     device = model_device(model)
-    seen = 0
+    seen = samples = 0
     try:
         from tqdm.auto import tqdm
 
@@ -71,6 +78,7 @@ def collect_histograms(model: nn.Module, batches: Iterable[Any], max_batches: in
                     "the data factory must yield batches shaped like the model's inputs"
                 ) from e
             seen += 1
+            samples += _batch_rows(inputs)
             bar.update(1)
         bar.close()
     finally:
@@ -81,10 +89,11 @@ def collect_histograms(model: nn.Module, batches: Iterable[Any], max_batches: in
         model.train(was_training)
     if seen == 0:
         raise CalibrationError("the calibration set is empty; pass at least one batch (128 recommended)")
-    if seen < MIN_RECOMMENDED_BATCHES:
-        msg = (f"calibrated on only {seen} batch(es), fewer than the {MIN_RECOMMENDED_BATCHES} recommended: "
-               "activation ranges may be unreliable (insufficient calibration); pass more data or raise "
-               "calib_batches (--calib-batches)")
+    if samples < MIN_RECOMMENDED_SAMPLES:
+        msg = (f"calibrated on only {samples} samples ({seen} batch(es)), fewer than the "
+               f"{MIN_RECOMMENDED_SAMPLES} recommended: activation ranges may be unreliable (insufficient "
+               "calibration); pass more data or raise calib_batches / calib_batch_size (--calib-batches, "
+               "--calib-batch-size)")
         warnings.warn(msg, UserWarning, stacklevel=2)
     hists: dict[str, Histogram] = {}
     for q in quantizers:
