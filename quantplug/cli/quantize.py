@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import click
 
+from ._data_options import DATA_HELP, data_file_options
+
 
 @click.command("quantize")
 @click.option("--workload", "workload_name", help="A registered workload (see `quantplug plugins`).")
-@click.option("--model", "model_spec", help="Your model factory, package.module:build (returns an nn.Module).")
+@click.option("--model", "model_spec",
+              help="Your model: hf:DIR (a Hugging Face model folder) or a factory package.module:build "
+                   "(returns an nn.Module).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict for --model (torch.save).")
-@click.option("--data", "data_spec", help="Your data factory, package.module:make_data (see quantplug.user).")
+@click.option("--data", "data_spec", help=DATA_HELP)
+@click.option("--hf-output", default="auto", show_default=True,
+              help="The output a Hugging Face model is quantized and scored on: logits, last_hidden_state, "
+                   "pooler_output, mean, mean-normalized, cls, or any output field (auto: logits of a task "
+                   "head, else a sentence-transformers embedding, else last_hidden_state).")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="A recipe.json to start from.")
 @click.option("--method", help="ptq, qat, qad, dynamic or a plugin's method.")
 @click.option("--calibrator", help="max, percentile, entropy, mse or a plugin's calibrator.")
 @click.option("--target", help="onnxruntime or tensorrt (the scheme the runtime executes).")
 @click.option("--weight-bits", type=int, help="4 or 8.")
-@click.option("--calib-batches", type=int, help="Calibration batches (default 128; fewer warns).")
+@click.option("--calib-batches", type=int, help="Calibration batches (default 128).")
+@click.option("--calib-batch-size", type=int,
+              help="Samples per calibration batch (default 32); under 500 samples in all warns.")
 @click.option("--epochs", type=int, help="QAT/QAD epochs.")
 @click.option("--lr-scale", type=float,
               help="QAT/QAD learning rate as a fraction of the model's training rate (default 0.1).")
@@ -23,12 +33,17 @@ import click
 @click.option("--seed", type=int, help="Seed for the model, data order and training.")
 @click.option("--output", "output", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@data_file_options
 def command(workload_name: str | None, model_spec: str | None, weights: str | None, data_spec: str | None,
-            recipe_file: str | None, method: str | None, calibrator: str | None, target: str | None,
-            weight_bits: int | None, calib_batches: int | None, epochs: int | None, lr_scale: float | None,
-            train_batch_size: int | None, seed: int | None, output: str, quiet: bool) -> None:
+            hf_output: str, recipe_file: str | None, method: str | None, calibrator: str | None,
+            target: str | None, weight_bits: int | None, calib_batches: int | None, calib_batch_size: int | None,
+            epochs: int | None, lr_scale: float | None, train_batch_size: int | None, seed: int | None,
+            output: str, quiet: bool, **data_file: object) -> None:
     """Quantize a workload (--workload) or your model (--model/--weights/--data) into OUTPUT:
-    model.onnx (QDQ or dynamic), model_fp32.onnx, recipe.json and metrics.json."""
+    model.onnx (QDQ or dynamic), model_fp32.onnx, recipe.json and metrics.json.
+
+    Without labels in the data, the scores are fidelity to the FP32 model on the held-out part of the
+    data (top-1 agreement and cosine)."""
     import json
 
     from ..errors import ConfigError
@@ -37,10 +52,11 @@ def command(workload_name: str | None, model_spec: str | None, weights: str | No
     from ..registry import build_registry
 
     if bool(workload_name) == bool(model_spec):
-        raise ConfigError("give exactly one of --workload NAME or --model package.module:build")
+        raise ConfigError("give exactly one of --workload NAME or --model (hf:DIR or package.module:build)")
     recipe = QuantRecipe.load(recipe_file) if recipe_file else QuantRecipe()
     changes = {k: v for k, v in {"method": method, "calibrator": calibrator, "target": target,
                                  "weight_bits": weight_bits, "calib_batches": calib_batches,
+                                 "calib_batch_size": calib_batch_size,
                                  "qat_epochs": epochs, "lr_scale": lr_scale, "train_batch_size": train_batch_size,
                                  "seed": seed}.items() if v is not None}
     recipe = recipe.replace(**changes)
@@ -49,15 +65,21 @@ def command(workload_name: str | None, model_spec: str | None, weights: str | No
     registry.method(recipe.method)
     registry.calibrator(recipe.calibrator)
     registry.backend(recipe.target)
+    given = {k: v for k, v in data_file.items() if v is not None}
     if workload_name:
-        if weights or data_spec:
-            raise ConfigError("--weights and --data go with --model, not --workload")
+        if weights or data_spec or given or hf_output != "auto":
+            raise ConfigError("--weights, --data, --hf-output and data file options go with --model, not --workload")
         source = registry.workload(workload_name)
     else:
         from ..user import UserWorkload
+        from ._data_options import file_options
 
         assert model_spec is not None
-        source = UserWorkload(model_spec, data_spec, weights)
+        source = UserWorkload(model_spec, data_spec, weights, hf_output=hf_output,
+                              data_options=file_options(**given) if given else None)  # type: ignore[arg-type]
+        describe = getattr(source.data, "describe", None)
+        if callable(describe):
+            click.echo(describe(), err=True)
     from ..pipeline import quantize_to_dir
 
     result = quantize_to_dir(source, recipe, output, registry=registry, pm=pm, progress=not quiet)

@@ -44,6 +44,12 @@ def _torch_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], in
                   output_names: Sequence[str] | None, opset: int) -> Any:
     import onnx
 
+    from ..hf import is_hf_model, wrap_hf_model
+
+    if is_hf_model(model):
+        # transformers 5 models do not export when the TorchScript exporter calls them positionally
+        # ("got multiple values for argument 'use_cache'"): call them with keywords, return one tensor.
+        model = wrap_hf_model(model, _names(len(example_inputs), input_names, "input"))
     model = model.eval()
     with torch.no_grad():
         out = model(*example_inputs)
@@ -61,7 +67,8 @@ def _torch_export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], in
         except Exception as e:
             raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {type(e).__name__}: {e}; "
                               "the model must be exportable with the TorchScript exporter (opset "
-                              f"{opset})") from e
+                              f"{opset}): give it a forward that takes tensors and returns a tensor or a "
+                              "tuple of tensors (a Hugging Face model: --model hf:DIR)") from e
         proto = onnx.load(path)
     guard_masked_softmax(proto)
     return proto
