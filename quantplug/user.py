@@ -159,6 +159,10 @@ class UserWorkload:
                     changes["channels"] = self._hf.num_channels
                 if not options.label2id and self._hf.label2id:
                     changes["label2id"] = self._hf.label2id
+                size = getattr(self._hf.config, "image_size", None)
+                if (options.image_size is None and isinstance(size, int) and size > 0
+                        and not (self._hf.path / "preprocessor_config.json").is_file()):
+                    changes["image_size"] = (size, size)  # what the model was configured for
                 options = replace(options, **changes)
                 return load_data_file(data_spec, inputs=self._hf.inputs[:1], optional=self._hf.inputs[1:],
                                       model_dir=self._hf.path, options=options)

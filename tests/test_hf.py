@@ -189,6 +189,24 @@ def test_config_only_folder_with_labelled_images_quantizes(folders: dict[str, Pa
     assert wl.data.arrays["pixel_values"].shape == (12, 1, 16, 16)  # grey, as config.num_channels says
 
 
+def test_images_take_the_size_the_model_config_names(folders: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from quantplug.user import UserWorkload
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
+    wl = UserWorkload(f"hf:{folders['vit']}", str(tmp_path / "imgs"))  # ViT image_size 16, no processor file
+    assert wl.data.arrays["pixel_values"].shape == (4, 3, 16, 16) and not wl.has_labels
+    model = wl.build_model(progress=False)  # runs and exports (the check before calibration)
+    inputs, targets = wl.test_set()
+    assert targets.shape == (1, 4) and targets.dtype == np.float32  # the FP32 logits of the held-out image
+    with torch.no_grad():
+        again = model(torch.from_numpy(inputs["pixel_values"])).numpy()
+    assert wl.score(again, targets)["top1_agreement"] == 100.0
+
+
 # --- the real CLI -----------------------------------------------------------------------------------------
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
