@@ -28,9 +28,10 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--weights", default=None, type=click.Path(dir_okay=False),
                      help="state_dict for --model (torch.save).")(f)
     f = click.option("--data", "data_spec", default=None, metavar="SPEC",
-                     help="Your data factory, package.module:make_data (see quantplug.user).")(f)
+                     help="Your data: an .npz, a folder of images, a .txt file of sentences, or "
+                          "package.module:make_data (see quantplug.user).")(f)
     f = click.option("--model", "model_spec", default=None, metavar="SPEC",
-                     help="Your model factory, package.module:build (returns an nn.Module).")(f)
+                     help="Your model: hf:DIR (a Hugging Face model folder) or package.module:build.")(f)
     f = click.option("--workload", default=None, help="A registered workload (see `quantplug plugins`).")(f)
     return f
 
@@ -40,7 +41,7 @@ def load_model_and_workload(registry: Any, workload: str | None, model_spec: str
     """The FP32 model and the workload-like object that provides its data and metric."""
     model_args_from(workload, model_spec, data_spec)  # validates the combination
     if workload is None and model_spec is None:
-        raise ConfigError("name the model: --workload W (see `quantplug plugins`) or --model SPEC --data SPEC")
+        raise ConfigError("name the model: --workload W (see `quantplug plugins`) or --model SPEC --data SPEC|FILE")
     if workload is not None:
         if weights:
             raise ConfigError("--weights goes with --model, not --workload")
