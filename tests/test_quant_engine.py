@@ -74,11 +74,23 @@ def test_tensorrt_placement_is_symmetric_int8_and_inputs_only(registry) -> None:
     assert len(qs) == 5
 
 
-def test_untraceable_model_falls_back_to_module_quantizers(registry) -> None:
-    q = prepare(randomize_bn(Untraceable()), QuantRecipe(), _scheme(registry, "onnxruntime"), (batches(1)[0],))
-    assert not q.quantplug_report.traced and q.quantplug_report.trace_error
+def test_untraceable_model_is_captured_by_execution_with_the_traced_placement(registry) -> None:
+    scheme = _scheme(registry, "onnxruntime")
+    q = prepare(randomize_bn(Untraceable()), QuantRecipe(), scheme, (batches(1)[0],))
+    report = q.quantplug_report
+    assert not report.traced and report.trace_error and report.capture == "execution"
+    assert len(act_quantizers(q)) == len(act_quantizers(prepare(tiny_resnet(0), QuantRecipe(), scheme,
+                                                                (batches(1)[0],)))) == 6
+
+
+def test_untraceable_model_without_example_inputs_falls_back_to_module_quantizers(registry) -> None:
+    with pytest.warns(UserWarning, match=r"could not capture Untraceable's graph \(no example inputs"):
+        q = prepare(randomize_bn(Untraceable()), QuantRecipe(), _scheme(registry, "onnxruntime"))
+    assert q.quantplug_report.capture == "modules"
     names = _quantized_tensors(q)
-    assert {"block.add.a", "block.add.b", "block.add.output", "fc.input", "stem.0.input"} <= names
+    # outputs too: the runtime's integer convs need Q after them (DQ -> Conv -> Q), so never slower than FP32
+    assert {"block.add.a", "block.add.b", "block.add.output", "fc.input", "stem.0.input", "stem.0.output",
+            "block.c1.output"} <= names
 
 
 def test_layer_overrides_fp_and_bits(registry) -> None:

@@ -2,8 +2,8 @@
 activation quantizers on their inputs.
 
 Each wrapper subclasses the float module (same parameters, same state-dict keys) and may also carry an
-``input_quant`` (used when the model cannot be traced with torch.fx; with fx, shared activation
-quantizers are inserted in the graph instead, see :mod:`quantplug.quant.prepare`).
+``input_quant`` and ``output_quant`` (used only when the model's graph cannot be captured; with a
+captured graph, shared activation quantizers are placed on it instead, see :mod:`quantplug.quant.prepare`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ __all__ = ["QuantAdd", "QuantConcat", "QuantConv2d", "QuantEmbedding", "QuantLin
 class _WeightQuantMixin:
     weight_quant: WeightQuantizer
     input_quant: ActQuantizer | None
+    output_quant: ActQuantizer | None
     qname: str
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        # An output quantizer only in the module fallback (``prepare`` without a captured graph): the
+        # runtime's integer conv/matmul kernels need Q on the output (``DQ -> Conv -> Q``).
+        q: ActQuantizer | None = getattr(self, "output_quant", None)
+        return q(y) if q is not None else y
 
     def qweight(self) -> torch.Tensor:
         return self.weight_quant(self.weight)  # type: ignore[attr-defined]
@@ -51,13 +58,14 @@ class QuantConv2d(nn.Conv2d, _WeightQuantMixin):
         q.bias = conv.bias
         q.weight_quant = weight_quant
         q.input_quant = input_quant
+        q.output_quant = None
         q.qname = name
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        return self._conv_forward(x, self.qweight(), self.qbias())
+        return self._output(self._conv_forward(x, self.qweight(), self.qbias()))
 
 
 class QuantLinear(nn.Linear, _WeightQuantMixin):
@@ -70,13 +78,14 @@ class QuantLinear(nn.Linear, _WeightQuantMixin):
         q.bias = lin.bias
         q.weight_quant = weight_quant
         q.input_quant = input_quant
+        q.output_quant = None
         q.qname = name
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        return F.linear(x, self.qweight(), self.qbias())
+        return self._output(F.linear(x, self.qweight(), self.qbias()))
 
 
 class QuantEmbedding(nn.Embedding, _WeightQuantMixin):

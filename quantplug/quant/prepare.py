@@ -11,8 +11,12 @@ Placement follows the target's scheme so that the exported QDQ graph is the one 
 - a tensor is quantized once, whatever the number of consumers; max-pool, flatten and reshape reuse the
   quantizer of their input (so the runtime runs them on integers).
 
-With torch.fx (when the model traces) this is exact; otherwise each conv/linear quantizes its own input
-and ``quantplug.nn.Add``/``Concat`` modules quantize theirs.
+With torch.fx (when the model traces) this is exact. Models that do not trace (every Hugging Face
+model: their forward branches on inputs) are captured by running them once on the example inputs
+(:mod:`quantplug.quant.capture`), with the same rules, plus the activation x activation matrix products
+(attention's QK^T and AV). Only when that fails too (no example inputs, a forward that changes between
+calls) does each conv/linear quantize its own input and output, and ``quantplug.nn.Add``/``Concat``
+modules theirs; a warning line then says so, with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import operator
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +39,7 @@ from .fold import fold_bn_by_execution, fold_bn_fx, fold_bn_sequential
 from .modules import QUANT_WRAPPERS, QuantAdd, QuantConcat, QuantConv2d, QuantEmbedding, QuantLinear
 from .quantizer import ActQuantizer, WeightQuantizer
 
-__all__ = ["PrepareReport", "prepare", "quantize_outputs", "act_quantizers", "weight_layers", "layer_setting"]
+__all__ = ["PrepareReport", "fallback_message", "prepare", "quantize_outputs", "act_quantizers", "weight_layers", "layer_setting"]
 
 
 @dataclass
@@ -45,6 +50,9 @@ class PrepareReport:
     fp_layers: list[str] = field(default_factory=list)
     activations: list[str] = field(default_factory=list)
     trace_error: str | None = None
+    capture: str = "fx"  # how quantizers were placed: "fx", "execution" (capture.py) or "modules" (fallback)
+    capture_error: str | None = None  # why capture by execution failed (then capture == "modules")
+    attention_matmuls: int = 0  # activation x activation matrix products quantized (QK^T, AV)
 
 
 def quantize_outputs(scheme: Scheme) -> bool:
@@ -256,6 +264,52 @@ def _wrap_modules(model: nn.Module, recipe: QuantRecipe, scheme: Scheme, report:
             _set_submodule(model, name, QuantConcat(module.dim, _act(f"{name}.inputs", recipe, scheme)))
 
 
+def _prepare_untraced(model: nn.Module, recipe: QuantRecipe, scheme: Scheme,
+                      example_inputs: tuple[torch.Tensor, ...] | None, trace_error: str | None
+                      ) -> tuple[PrepareReport, nn.Module]:
+    """Capture by execution (:mod:`quantplug.quant.capture`); failing that, module wrappers, loudly."""
+    from .capture import CaptureError, capture
+
+    folded = fold_bn_sequential(model)
+    if example_inputs is not None:
+        model, more = fold_bn_by_execution(model, example_inputs)
+        folded += more
+        candidate = copy.deepcopy(model)
+        report = PrepareReport(traced=False, trace_error=trace_error, capture="execution", folded_bn=folded)
+        try:
+            _swap(candidate, recipe, scheme, report, with_input_quant=False)
+            report.activations, captured = capture(candidate, example_inputs, lambda n: _act(n, recipe, scheme),
+                                                   quantize_outputs(scheme))
+            report.attention_matmuls = captured.matmuls
+            return report, candidate
+        except CaptureError as e:
+            capture_error = str(e)
+    else:
+        capture_error = "no example inputs to run the model on"
+    report = PrepareReport(traced=False, trace_error=trace_error, capture="modules", folded_bn=folded,
+                           capture_error=capture_error)
+    _swap(model, recipe, scheme, report, with_input_quant=True)
+    _wrap_modules(model, recipe, scheme, report)
+    if quantize_outputs(scheme):
+        layers = [m for m in model.modules() if isinstance(m, QuantConv2d | QuantLinear)]
+        if layers and isinstance(layers[-1], QuantLinear):  # the head's logits stay float (QGemm has a float output)
+            layers.pop()
+        for m in layers:
+            m.output_quant = _act(f"{m.qname}.output", recipe, scheme)
+    report.activations = [q.qname for q in act_quantizers(model)]
+    warnings.warn(fallback_message(type(model).__name__, report), UserWarning, stacklevel=3)
+    return report, model
+
+
+def fallback_message(model_name: str, report: PrepareReport) -> str:
+    """The one line that says placement fell back to per-layer quantizers, why, and what it costs."""
+    why = report.capture_error or report.trace_error or "unknown"
+    return (f"could not capture {model_name}'s graph ({why.splitlines()[0][:200]}); falling back to per-layer "
+            "quantizers: each conv/linear quantizes its own input and output, so the runtime still runs them "
+            "in integer, but ReLU/add/concat between layers and attention matrix products stay float "
+            "(slower than a captured graph and less accurate); pass example inputs the model runs on")
+
+
 def prepare(model: nn.Module, recipe: QuantRecipe, scheme: Scheme,
             example_inputs: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
     """A BN-folded copy of ``model`` with fake quantizers in ``scheme`` (not yet calibrated)."""
@@ -281,15 +335,7 @@ def prepare(model: nn.Module, recipe: QuantRecipe, scheme: Scheme,
         _place_fx(gm, recipe, scheme, report)
         out: nn.Module = gm
     else:
-        report = PrepareReport(traced=False, trace_error=trace_error)
-        report.folded_bn = fold_bn_sequential(model)
-        if example_inputs is not None:
-            model, more = fold_bn_by_execution(model, example_inputs)
-            report.folded_bn += more
-        _swap(model, recipe, scheme, report, with_input_quant=True)
-        _wrap_modules(model, recipe, scheme, report)
-        report.activations = [q.qname for q in act_quantizers(model)]
-        out = model
+        report, out = _prepare_untraced(model, recipe, scheme, example_inputs, trace_error)
     out.to(device)  # new quantizers (scale, zero point, clip ratio buffers) join the model's device
     out.quantplug_report = report  # type: ignore[assignment]
     out.quantplug_scheme = scheme  # type: ignore[assignment]
