@@ -167,7 +167,11 @@ def quantize_to_dir(source: Any, recipe: QuantRecipe, output_dir: str | os.PathL
                 "quantized_layers": dict(getattr(report, "layers", {}) or {}),
                 "fp_layers": list(getattr(report, "fp_layers", []) or []),
                 "activation_quantizers": len(getattr(report, "activations", []) or []),
+                "capture": getattr(report, "capture", None),
+                "capture_error": getattr(report, "capture_error", None),
+                "attention_matmuls": getattr(report, "attention_matmuls", 0),
             },
+            "integer": _integer_share(model_path, example, ins),
             "train": {k: v for k, v in log.items() if k in ("train_loss", "train_lr")},
         })
         recipe.save(tmp / "recipe.json")
@@ -203,6 +207,17 @@ def _evaluate(source: Any, fp_model: Any, qmodel: Any, fp32_path: Path, model_pa
         "parity": {**parity.to_dict(), "message": "" if parity.ok else parity.message()},
         "test_size": int(len(targets)),
     }
+
+
+def _integer_share(model_path: Path, example: Any, ins: tuple[str, ...]) -> dict[str, Any]:
+    """What ONNX Runtime really runs in integer (quantplug.export.coverage), on the example inputs."""
+    from .export.coverage import integer_share
+
+    try:
+        feeds = {n: t.detach().cpu().numpy() for n, t in zip(ins, example, strict=False)}
+        return integer_share(model_path, feeds).to_dict()
+    except Exception as e:  # a report, never a reason to lose the model
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _replace_dir(tmp: Path, output_dir: Path) -> None:

@@ -151,3 +151,31 @@ def test_fallback_is_one_line_with_the_reason(registry) -> None:
     assert len(messages) == 1 and "\n" not in messages[0]
     assert "no example inputs" in messages[0] and "float" in messages[0]
     assert q.quantplug_report.capture == "modules"
+
+
+def test_cli_reports_what_runs_in_integer(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    t = transformers
+    t.ResNetForImageClassification(t.ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16],
+                                                  depths=[1, 1], num_labels=10)).save_pretrained(tmp_path / "m")
+    np.savez(tmp_path / "data.npz", pixel_values=np.random.default_rng(0).standard_normal((40, 1, 16, 16),
+                                                                                          dtype=np.float32))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "QUANTPLUG_LOAD_PLUGINS": "",
+           "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "quantplug", "quantize", "--model", f"hf:{tmp_path / 'm'}", "--data",
+                        str(tmp_path / "data.npz"), "--method", "ptq", "--calib-batches", "2", "--calib-batch-size",
+                        "8", "--output", str(out), "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["engine"]["capture"] == "execution" and m["engine"]["traced"] is False
+    assert m["integer"]["integer_share"] >= 0.9 and m["integer"]["layers"]
+    assert "in integer: " in r.stdout and "capture: execution" in r.stdout
+    assert "could not capture" not in r.stderr

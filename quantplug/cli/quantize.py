@@ -86,4 +86,10 @@ def command(workload_name: str | None, model_spec: str | None, weights: str | No
     m = result.metrics
     summary = {k: m.get(k) for k in ("fp32", "quantized", "sizes", "quantize_seconds") if k in m}
     click.echo(f"wrote {result.output_dir} ({', '.join(sorted(p.name for p in result.output_dir.iterdir()))})")
+    integer = m.get("integer") or {}
+    if "integer_share" in integer:
+        summary["integer_share"] = integer["integer_share"]
+        click.echo(f"in integer: {integer['integer_share']:.0%} of conv/matmul multiply-adds under ONNX Runtime "
+                   f"({integer['integer_layers']}/{integer['compute_layers']} layers; capture: "
+                   f"{(m.get('engine') or {}).get('capture')})")
     click.echo(json.dumps(summary, sort_keys=True))
