@@ -84,7 +84,7 @@ def command(workload_name: str | None, model_spec: str | None, weights: str | No
 
     result = quantize_to_dir(source, recipe, output, registry=registry, pm=pm, progress=not quiet)
     m = result.metrics
-    summary = {k: m.get(k) for k in ("fp32", "quantized", "sizes", "quantize_seconds") if k in m}
+    summary: dict[str, object] = {k: m.get(k) for k in ("fp32", "quantized", "sizes", "quantize_seconds") if k in m}
     click.echo(f"wrote {result.output_dir} ({', '.join(sorted(p.name for p in result.output_dir.iterdir()))})")
     integer = m.get("integer") or {}
     if "integer_share" in integer:
