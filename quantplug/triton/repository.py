@@ -103,6 +103,9 @@ def add_model(
             json_format.ParseDict(extra, config)
         except json_format.ParseError as e:
             raise RepositoryError(f"extra config for {name!r} is invalid: {e}") from e
+    from .integer_check import integer_warnings
+
+    integer_warnings(name, onnx_path, backend, (files or {}).get("metrics.json"))  # tensorrt scheme, low share
     pm.hook.adjust_triton_config(config=config, model_name=name, backend=backend)
     problems = validate_config(config, folder_name=name, inputs=inputs, outputs=outputs)
     if problems:
