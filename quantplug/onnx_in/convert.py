@@ -181,9 +181,9 @@ def _conv(b: _Builder, node: Any, x: list[Value], a: dict[str, Any]) -> Value:
             torch_pads += [pads[i], pads[i + k]]
         inp = b.call(F.pad, inp, torch_pads)
         pads = [0] * 2 * k
-    cls = nn.Conv2d if k == 2 else nn.Conv1d
+    cls: Any = nn.Conv2d if k == 2 else nn.Conv1d
     groups = int(a.get("group", 1))
-    conv = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),  # type: ignore[arg-type] stride=tuple(a.get("strides", [1] * k)),
+    conv = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(a.get("strides", [1] * k)),
                padding=tuple(pads[:k]), dilation=tuple(a.get("dilations", [1] * k)), groups=groups,
                bias=bias is not None)
     conv.weight = _param(w)
