@@ -15,11 +15,14 @@ the serving path. When ``torch`` and ``runtime`` diverge beyond the tolerance, :
 runtime with every activation's QuantizeLinear output exposed and compares them, in graph order, with the
 fake-quant model's quantizer outputs (as integers), naming the first layer whose integers differ.
 
-Tolerance (``TOLERANCE``): outputs agree when the mean absolute difference is at most 1% of the reference
-outputs' standard deviation and the largest is at most 5% of their range. Measured on mnist-resnet (AMD
-EPYC, AVX2 only): exact integer kernels (7-bit weights) differ from torch by 0.02% (mean) / 0.12% (max),
-which is per-layer rounding (requantisation and float summation order); saturating kernels (8-bit weights
-on that CPU) by 7% / 22%. The bounds sit 50x above the first and 4x below the second.
+Tolerance: the runtime may differ from the fake-quant model by at most half as much as quantization
+itself moved the model: ``mean |runtime - torch| <= 0.5 * mean |FP32 - torch|`` (``TOLERANCE``), a
+bound that needs no knowledge of the output's scale. Measured on this project's machines (AMD EPYC, AVX2
+only): mnist-resnet, exact kernels (7-bit weights) 0.00065 vs saturating (8-bit weights) 0.26 logits mean
+difference; random-init ResNet-18, whose logits differ by little between classes so that per-layer
+rounding shows most, exact 0.27x and saturating 1.56x of its quantization error. Without FP32 outputs
+(comparing two runs of one ONNX file, e.g. served vs in-process) the bound is 1% of the outputs' standard
+deviation (``SAME_MODEL_TOLERANCE``): those must agree up to float summation order.
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TOLERANCE", "Agreement", "LayerDivergence", "ParityReport", "check_parity", "compare",
+__all__ = ["SAME_MODEL_TOLERANCE", "TOLERANCE", "Agreement", "LayerDivergence", "ParityReport", "check_parity", "compare",
            "compare_served", "localize", "run_onnx"]
 
-TOLERANCE = {"mean_rel": 0.01, "max_rel": 0.05}
+TOLERANCE = {"mean_rel": 0.5}  # of the quantization error (mean |FP32 - fake-quant|)
+SAME_MODEL_TOLERANCE = {"mean_rel": 0.01, "max_rel": 0.05}  # of the outputs' std / range
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Agreement:
     max_abs: float
     mean_abs: float
     max_rel: float  # max_abs / range of the reference outputs
-    mean_rel: float  # mean_abs / standard deviation of the reference outputs
+    mean_rel: float  # mean_abs / the scale: the quantization error if given, else the outputs' std
     top1: float | None  # share of samples with the same argmax (classifier-like outputs)
     cosine_mean: float
     cosine_worst: float
@@ -56,9 +59,14 @@ class Agreement:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: dict[str, float] | None = None) -> Agreement:
-    """Element-wise and per-sample agreement of two output arrays of the same shape."""
-    tol = tolerance or TOLERANCE
+def compare(reference: np.ndarray, candidate: np.ndarray, *, scale: float | None = None,
+            tolerance: dict[str, float] | None = None) -> Agreement:
+    """Element-wise and per-sample agreement of two output arrays of the same shape.
+
+    ``scale``: what ``mean_rel`` is relative to (the quantization error, mean |FP32 - quantized|); with it
+    the default tolerance is :data:`TOLERANCE`, without it the outputs' std and :data:`SAME_MODEL_TOLERANCE`.
+    """
+    tol = tolerance or (TOLERANCE if scale is not None else SAME_MODEL_TOLERANCE)
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
@@ -70,14 +78,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: dict[str, f
     max_abs = float(diff.max()) if diff.size else 0.0
     mean_abs = float(diff.mean()) if diff.size else 0.0
     max_rel = max_abs / spread if spread > 0 else (0.0 if max_abs == 0 else float("inf"))
-    mean_rel = mean_abs / std if std > 0 else (0.0 if mean_abs == 0 else float("inf"))
+    norm = std if scale is None else scale
+    mean_rel = mean_abs / norm if norm > 0 else (0.0 if mean_abs == 0 else float("inf"))
     n = len(ref)
     flat_r, flat_c = ref.reshape(n, -1), cand.reshape(n, -1)
     top1 = None
     if ref.ndim >= 2 and ref.shape[1] > 1:  # class (or channel) axis 1: argmax over it
         top1 = float(np.mean(ref.argmax(1) == cand.argmax(1)))
     cos = (flat_r * flat_c).sum(1) / (np.linalg.norm(flat_r, axis=1) * np.linalg.norm(flat_c, axis=1) + 1e-12)
-    ok = bool(finite and mean_rel <= tol["mean_rel"] and max_rel <= tol["max_rel"])
+    ok = bool(finite and mean_rel <= tol["mean_rel"] and max_rel <= tol.get("max_rel", float("inf")))
     return Agreement(max_abs, mean_abs, max_rel, mean_rel, top1, float(cos.mean()) if n else 1.0,
                      float(cos.min()) if n else 1.0, n, ok)
 
@@ -102,6 +111,7 @@ class ParityReport:
     torch_vs_reference: Agreement | None
     reference_vs_runtime: Agreement
     torch_vs_runtime: Agreement | None
+    quantization_error: float | None = None  # mean |FP32 - quantized|: the scale of the tolerance
     tolerance: dict[str, float] = field(default_factory=lambda: dict(TOLERANCE))
     first_divergence: LayerDivergence | None = None
     cpu: dict[str, Any] = field(default_factory=dict)
@@ -118,7 +128,8 @@ class ParityReport:
             return ""
         from .cpu import saturates
 
-        if self.torch_vs_reference is not None and not self.torch_vs_reference.within_tolerance:
+        if (self.torch_vs_reference is not None and not self.torch_vs_reference.within_tolerance
+                and self.reference_vs_runtime.within_tolerance):
             return "the exported graph already differs from the fake-quant model (an export problem)"
         isa = self.cpu.get("isa", "")
         qmax = self.made_for.get("weight_qmax")
@@ -135,14 +146,17 @@ class ParityReport:
             d = self.first_divergence
             where = (f"; first divergent layer {d.producer} ({d.producer_op}, quantizer {d.quantizer}: "
                      f"up to {d.max_steps} steps, {d.share_off:.1%} of values off)")
-        return (f"ONNX Runtime's outputs differ from the fake-quant model (max abs {main.max_abs:.4g}, "
-                f"{main.mean_rel:.1%} of the outputs' std; tolerance {self.tolerance['mean_rel']:.0%})"
+        what = "the fake-quant model" if self.torch_vs_runtime is not None else "the QDQ graph's own arithmetic"
+        unit = "of the quantization error" if self.quantization_error is not None else "of the outputs' std"
+        return (f"ONNX Runtime's outputs differ from {what} (mean abs {main.mean_abs:.4g}, max abs "
+                f"{main.max_abs:.4g}: {main.mean_rel:.0%} {unit}; tolerance {self.tolerance['mean_rel']:.0%})"
                 f"{where}; likely cause: {self.cause()}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "tolerance": self.tolerance,
+            "quantization_error": self.quantization_error,
             "torch_vs_reference": self.torch_vs_reference.to_dict() if self.torch_vs_reference else None,
             "reference_vs_runtime": self.reference_vs_runtime.to_dict(),
             "torch_vs_runtime": self.torch_vs_runtime.to_dict() if self.torch_vs_runtime else None,
@@ -187,12 +201,13 @@ def _torch_outputs(qmodel: Any, inputs: dict[str, np.ndarray], input_names: tupl
 def check_parity(qmodel: Any, onnx_path: str | os.PathLike[str], inputs: dict[str, np.ndarray],
                  input_names: tuple[str, ...], *, threads: int = 2, localize_on_failure: bool = True,
                  torch_out: np.ndarray | None = None, runtime_out: np.ndarray | None = None,
-                 reference_samples: int = 256) -> ParityReport:
+                 fp32_out: np.ndarray | None = None, reference_samples: int = 256) -> ParityReport:
     """Compare the fake-quant ``qmodel`` (None: skip torch), the QDQ reference and the runtime.
 
     ``torch_out``/``runtime_out``: outputs already computed on all of ``inputs`` (they are then reused);
     the unoptimised reference runs on the first ``reference_samples`` samples only (it runs at FP32 speed
-    or slower).
+    or slower). ``fp32_out``: the FP32 model's outputs on ``inputs``; the tolerance is then relative to the
+    quantization error (:data:`TOLERANCE`), else to the outputs' spread (:data:`SAME_MODEL_TOLERANCE`).
     """
     from .cpu import detect_cpu
     from .export.metadata import read_metadata
@@ -204,14 +219,21 @@ def check_parity(qmodel: Any, onnx_path: str | os.PathLike[str], inputs: dict[st
     head = {k: v[:reference_samples] for k, v in inputs.items()}
     k = len(next(iter(head.values())))
     reference = run_onnx(onnx_path, head, optimized=False, threads=threads)[0]
+    quantized = torch_out if torch_out is not None else reference
+    err = err_head = None
+    if fp32_out is not None:
+        err = float(np.abs(np.asarray(fp32_out[:len(quantized)], np.float64) - quantized).mean())
+        err_head = float(np.abs(np.asarray(fp32_out[:k], np.float64) - quantized[:k]).mean())
     report = ParityReport(
-        torch_vs_reference=compare(torch_out[:k], reference) if torch_out is not None else None,
-        reference_vs_runtime=compare(reference, runtime_out[:k]),
-        torch_vs_runtime=compare(torch_out, runtime_out) if torch_out is not None else None,
+        torch_vs_reference=compare(torch_out[:k], reference, scale=err_head) if torch_out is not None else None,
+        reference_vs_runtime=compare(reference, runtime_out[:k], scale=err_head),
+        torch_vs_runtime=compare(torch_out, runtime_out, scale=err) if torch_out is not None else None,
+        quantization_error=err,
+        tolerance=dict(TOLERANCE if err is not None else SAME_MODEL_TOLERANCE),
         cpu=detect_cpu().to_dict(),
         made_for=read_metadata(onnx_path),
     )
-    if not report.ok and localize_on_failure and qmodel is not None:
+    if not report.ok and localize_on_failure:
         report.first_divergence = localize(qmodel, onnx_path, inputs, input_names, threads=threads)
     return report
 
@@ -250,55 +272,75 @@ def _quantizer_outputs(qmodel: Any, inputs: dict[str, np.ndarray],
     return recorded
 
 
-def localize(qmodel: Any, onnx_path: str | os.PathLike[str], inputs: dict[str, np.ndarray],
-             input_names: tuple[str, ...], *, threads: int = 2, samples: int = 64) -> LayerDivergence | None:
-    """The first activation, in graph order, whose integers differ between ``qmodel`` and the runtime.
-
-    The runtime runs with every activation QuantizeLinear output exposed as a graph output (ONNX Runtime
-    still fuses them into its integer kernels: the exposed tensors are those kernels' outputs).
-    """
+def _expose_activation_q(onnx_path: str | os.PathLike[str]) -> tuple[Any, list[Any]]:
     import onnx
 
-    inputs = {k: v[:samples] for k, v in inputs.items()}
     proto = onnx.load(os.fspath(onnx_path))
     graph = proto.graph
-    producers = {o: n for n in graph.node for o in n.output}
     existing = {o.name for o in graph.output}
-    q_nodes = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in
-               {i.name for i in graph.initializer}]
+    weights = {i.name for i in graph.initializer}
+    q_nodes = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
     for n in q_nodes:
         if n.output[0] not in existing:
             graph.output.append(onnx.ValueInfoProto(name=n.output[0]))
+    return proto, q_nodes
+
+
+def localize(qmodel: Any, onnx_path: str | os.PathLike[str], inputs: dict[str, np.ndarray],
+             input_names: tuple[str, ...], *, threads: int = 2, samples: int = 64) -> LayerDivergence | None:
+    """The first activation, in graph order, whose integers differ between the reference and the runtime.
+
+    The reference is the fake-quant ``qmodel``'s quantizer outputs, or (``qmodel`` None) the QDQ graph run
+    without optimisations. The runtime runs with every activation QuantizeLinear output exposed as a graph
+    output (ONNX Runtime still fuses them into its integer kernels: the exposed tensors are those kernels'
+    outputs).
+    """
+    inputs = {k: v[:samples] for k, v in inputs.items()}
+    proto, q_nodes = _expose_activation_q(onnx_path)
+    producers = {o: n for n in proto.graph.node for o in n.output}
     names = [n.output[0] for n in q_nodes]
-    values = run_onnx(proto, inputs, optimized=True, threads=threads, batch=samples, outputs=names)
-    ort_values = dict(zip(names, values, strict=True))
-    recorded = _quantizer_outputs(qmodel, inputs, input_names)
-    by_scope: dict[str, list[str]] = {}
-    for path in recorded:
-        by_scope.setdefault(_norm(path), []).append(path)
-    calls: dict[str, int] = {}
+    runtime = dict(zip(names, run_onnx(proto, inputs, optimized=True, threads=threads, batch=samples,
+                                       outputs=names), strict=True))
+    if qmodel is None:
+        ref_values = run_onnx(proto, inputs, optimized=False, threads=threads, batch=samples, outputs=names)
+        reference = {n.name: (n.name, v) for n, v in zip(q_nodes, ref_values, strict=True)}
+    else:
+        reference = _match_torch(qmodel, inputs, input_names, q_nodes)
     for node in q_nodes:
-        scope = _norm(node.name.rsplit("/", 1)[0]) if "/" in node.name else _norm(node.name)
-        match = next((p for key, paths in by_scope.items() if scope.endswith(key) for p in paths), None)
-        if match is None:
+        if node.name not in reference:
             continue
-        k = calls.get(match, 0)
-        calls[match] = k + 1
-        if k >= len(recorded[match]):
+        label, q_ref = reference[node.name]
+        q_run = runtime[node.output[0]].astype(np.float64)
+        if q_ref.shape != q_run.shape:
             continue
-        q_torch, _, _ = recorded[match][k]
-        q_ort = ort_values[node.output[0]].astype(np.float64)
-        if q_torch.shape != q_ort.shape:
-            continue
-        steps = np.abs(q_torch.astype(np.float64) - q_ort)
+        steps = np.abs(q_ref.astype(np.float64) - q_run)
         share_off = float(np.mean(steps > 1))
         if steps.max() > 2 and share_off > 0.001:
             src = producers.get(node.input[0])
             while src is not None and src.op_type in ("Relu", "Clip") and src.input[0] in producers:
                 src = producers[src.input[0]]  # the layer, not its activation
-            return LayerDivergence(match, node.name, src.name if src is not None else node.input[0],
+            return LayerDivergence(label, node.name, src.name if src is not None else node.input[0],
                                    src.op_type if src is not None else "input", int(steps.max()), share_off)
     return None
+
+
+def _match_torch(qmodel: Any, inputs: dict[str, np.ndarray], input_names: tuple[str, ...],
+                 q_nodes: list[Any]) -> dict[str, tuple[str, np.ndarray]]:
+    """ONNX QuantizeLinear node name -> (quantizer path, its integer output in torch), matched by scope."""
+    recorded = _quantizer_outputs(qmodel, inputs, input_names)
+    by_scope = {_norm(path): path for path in recorded}
+    calls: dict[str, int] = {}
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    for node in q_nodes:
+        scope = _norm(node.name.rsplit("/", 1)[0]) if "/" in node.name else _norm(node.name)
+        match = next((path for key, path in by_scope.items() if key and scope.endswith(key)), None)
+        if match is None:
+            continue
+        k = calls.get(match, 0)
+        calls[match] = k + 1
+        if k < len(recorded[match]):
+            out[node.name] = (match, recorded[match][k][0])
+    return out
 
 
 def compare_served(url: str, model: str, onnx_path: str | os.PathLike[str], inputs: dict[str, np.ndarray], *,
@@ -318,6 +360,3 @@ def compare_served(url: str, model: str, onnx_path: str | os.PathLike[str], inpu
     return compare(runtime, np.concatenate(served_parts))
 
 
-def parity_of_output_dir(output_dir: str | os.PathLike[str], inputs: dict[str, np.ndarray]) -> ParityReport:
-    """Reference vs runtime for a quantize output folder (no PyTorch model needed)."""
-    return check_parity(None, Path(output_dir) / "model.onnx", inputs, tuple(inputs))

@@ -194,7 +194,8 @@ def _evaluate(source: Any, fp_model: Any, qmodel: Any, fp32_path: Path, model_pa
         out_q_o = predict_onnx(model_path, inputs)
         from .parity import check_parity
 
-        parity = check_parity(qmodel, model_path, inputs, ins, torch_out=out_q_t, runtime_out=out_q_o)
+        parity = check_parity(qmodel, model_path, inputs, ins, torch_out=out_q_t, runtime_out=out_q_o,
+                              fp32_out=out_fp_t)
     except QuantplugError:
         raise
     except Exception as e:

@@ -17,7 +17,6 @@ import click
 
 _PACKAGES = ("quantplug", "torch", "onnx", "onnxruntime", "tritonclient", "nvidia-pytriton", "pluggy", "locust",
              "grpcio", "numpy", "tensorrt")
-_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
 def dist_version(dist: str) -> str:
@@ -29,17 +28,11 @@ def dist_version(dist: str) -> str:
 
 
 def cpu_info() -> dict[str, Any]:
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name":
-                model = value.strip()
-            elif key in ("flags", "Features"):
-                flags.update(value.split())
-    return {"model": model, "cores": os.cpu_count(), "int8_flags": [f for f in _CPU_FLAGS if f in flags]}
+    """This machine's CPU (quantplug.cpu): model, cores, INT8 flags, ISA class and the scheme it needs."""
+    from ..cpu import describe_scheme_need, detect_cpu
+
+    info = detect_cpu()
+    return {**info.to_dict(), "onnxruntime_scheme": describe_scheme_need(info)}
 
 
 def triton_binary() -> str:
@@ -89,6 +82,7 @@ def command(as_json: bool) -> None:
     click.echo(f"- Triton binary: {info['triton_binary']}")
     cpu = info["cpu"]
     click.echo(f"- CPU: {cpu['model']}, {cpu['cores']} cores, INT8 features: {', '.join(cpu['int8_flags']) or 'none'}")
+    click.echo(f"- ONNX Runtime INT8 scheme for this CPU: {cpu['onnxruntime_scheme']}")
     click.echo(f"- GPU: {info['gpu']}")
     for k, v in info["env"].items():
         click.echo(f"- {k}={v}")

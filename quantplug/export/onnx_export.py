@@ -174,6 +174,9 @@ def export_qdq(qmodel: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
         target_check = getattr(registry.backend(target), "check_onnx", None) or TARGET_CHECKS.get(target)
         if target_check is not None:
             target_check(proto)
+    from .metadata import stamp_scheme
+
+    stamp_scheme(proto, getattr(qmodel, "quantplug_scheme", None) or scheme)
     return save_atomic(proto, path)
 
 
@@ -184,5 +187,8 @@ def export_quantized(qmodel: nn.Module, example_inputs: tuple[torch.Tensor, ...]
     if getattr(qmodel, "quantplug_export", "qdq") == "dynamic":
         from .dynamic import export_dynamic
 
-        return export_dynamic(qmodel, example_inputs, path, input_names, output_names)
+        scheme = getattr(qmodel, "quantplug_scheme", None)
+        reduced = scheme is not None and scheme.weight_range(8) < 127
+        return export_dynamic(qmodel, example_inputs, path, input_names, output_names, reduce_range=reduced,
+                              scheme=scheme)
     return export_qdq(qmodel, example_inputs, path, target, input_names, output_names, registry=registry)

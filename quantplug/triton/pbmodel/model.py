@@ -5,6 +5,8 @@ Config parameters (config.pbtxt ``parameters``):
   intra_op_threads  ONNX Runtime intra-op threads; 0 = available cores / instances of this model
   allow_spinning    "1" (ONNX Runtime default, lowest latency) or "0" (leave idle cores to others)
   providers         comma-separated execution providers (default CPUExecutionProvider)
+  reject_non_finite "1" (default): a request whose float inputs hold NaN or Inf gets an error (an INT8
+                    model would answer it with confident logits, where FP32 answers NaN); "0" passes them
 
 Every request of a dynamic batch is concatenated into one ONNX Runtime run and the outputs split back;
 an error is returned to the request that caused it (never raised), so the model stays up.
@@ -41,6 +43,7 @@ class TritonPythonModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if _param(config, "allow_spinning", "1") == "0":
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.reject_non_finite = _param(config, "reject_non_finite", "1") != "0"
         providers = _param(config, "providers", "CPUExecutionProvider").split(",")
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
         graph_inputs = {i.name for i in self.session.get_inputs()}
@@ -54,7 +57,12 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise ValueError(f"request has no input {name!r}")
-            feeds[name] = tensor.as_numpy()
+            value = tensor.as_numpy()
+            if self.reject_non_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+                bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+                raise ValueError(f"input {name!r} has {bad} NaN/Inf value(s); send finite values (this model "
+                                 "rejects non-finite inputs: config parameter reject_non_finite)")
+            feeds[name] = value
         return feeds
 
     def _run(self, feeds):
