@@ -13,6 +13,8 @@ from ._data_options import DATA_HELP, data_file_options
               help="Your model: hf:DIR (a Hugging Face model folder) or a factory package.module:build "
                    "(returns an nn.Module).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict for --model (torch.save).")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
+              help="An ONNX file to quantize instead of --model (every method; --data as for --model).")
 @click.option("--data", "data_spec", help=DATA_HELP)
 @click.option("--hf-output", default="auto", show_default=True,
               help="The output a Hugging Face model is quantized and scored on: logits, last_hidden_state, "
@@ -34,7 +36,8 @@ from ._data_options import DATA_HELP, data_file_options
 @click.option("--output", "output", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @data_file_options
-def command(workload_name: str | None, model_spec: str | None, weights: str | None, data_spec: str | None,
+def command(workload_name: str | None, model_spec: str | None, onnx_file: str | None,
+            weights: str | None, data_spec: str | None,
             hf_output: str, recipe_file: str | None, method: str | None, calibrator: str | None,
             target: str | None, weight_bits: int | None, calib_batches: int | None, calib_batch_size: int | None,
             epochs: int | None, lr_scale: float | None, train_batch_size: int | None, seed: int | None,
@@ -51,8 +54,8 @@ def command(workload_name: str | None, model_spec: str | None, weights: str | No
     from ..recipe import QuantRecipe
     from ..registry import build_registry
 
-    if bool(workload_name) == bool(model_spec):
-        raise ConfigError("give exactly one of --workload NAME or --model (hf:DIR or package.module:build)")
+    if sum(map(bool, (workload_name, model_spec, onnx_file))) != 1:
+        raise ConfigError("give exactly one of --workload NAME, --onnx FILE or --model (hf:DIR or package.module:build)")
     recipe = QuantRecipe.load(recipe_file) if recipe_file else QuantRecipe()
     changes = {k: v for k, v in {"method": method, "calibrator": calibrator, "target": target,
                                  "weight_bits": weight_bits, "calib_batches": calib_batches,
@@ -66,7 +69,13 @@ def command(workload_name: str | None, model_spec: str | None, weights: str | No
     registry.calibrator(recipe.calibrator)
     registry.backend(recipe.target)
     given = {k: v for k, v in data_file.items() if v is not None}
-    if workload_name:
+    if onnx_file:
+        from ..onnx_in import OnnxWorkload
+
+        if weights:
+            raise ConfigError("--weights goes with --model; an ONNX file holds its own weights")
+        source = OnnxWorkload(onnx_file, data_spec)
+    elif workload_name:
         if weights or data_spec or given or hf_output != "auto":
             raise ConfigError("--weights, --data, --hf-output and data file options go with --model, not --workload")
         source = registry.workload(workload_name)

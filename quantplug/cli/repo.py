@@ -32,7 +32,12 @@ def command() -> None:
 def add(source: Path, name: str, repository: Path, backend: str, flavour: str | None, accelerator: str | None,
         max_batch_size: int, max_queue_delay_us: int, instances: int, kind: str | None, threads: int | None,
         defer_build: bool) -> None:
-    """Add the FP32 baseline and the INT8 model of a quantize output folder, as new versions."""
+    """Add the FP32 baseline and the INT8 model of a quantize output folder, as new versions.
+
+    Both are staged next to the repository (in .REPOSITORY.staging/, where Triton does not look) and
+    land together: if this is killed while landing, the next `repo add` or `serve` finishes the pair,
+    and `repo check` reports it until then.
+    """
     from ..triton.repository import add_from_output
 
     options: dict[str, object] = {}
@@ -50,11 +55,20 @@ def add(source: Path, name: str, repository: Path, backend: str, flavour: str | 
 
 @command.command("check")
 @click.argument("repository", type=click.Path(path_type=Path))
-def check(repository: Path) -> None:
-    """Validate every model of REPOSITORY (ours or hand-written); exit 2 if anything is wrong."""
-    from ..errors import RepositoryError
-    from ..triton.repository import check_repository
+@click.option("--repair", is_flag=True, help="First finish or remove what a killed `repo add` left (an "
+              "interrupted landing, staging folders, hidden staging debris of older versions in the root).")
+def check(repository: Path, repair: bool) -> None:
+    """Validate every model of REPOSITORY (ours or hand-written); exit 2 if anything is wrong.
 
+    Also reported: what a killed `repo add` left, i.e. a pair half landed (one model new, one old),
+    staging folders next to the repository, hidden folders in it (Triton tries to load those).
+    """
+    from ..errors import RepositoryError
+    from ..triton.repository import check_repository, repair_repository
+
+    if repair and repository.is_dir():
+        for line in repair_repository(repository):
+            click.echo(f"Repaired: {line}")
     problems = check_repository(repository)
     if not problems:
         click.echo(f"{repository}: OK")

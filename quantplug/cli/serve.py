@@ -75,6 +75,11 @@ def command(repository: str, grpc_port: int, http: bool, http_port: int | None, 
         server.start()
         for folder in server.cleaned_workdirs:
             click.echo(f"Removed the work folder of a killed run: {folder}", err=True)
+        for line in server.recovered:
+            click.echo(f"Repository: {line}", err=True)
+        for name in sorted(server.ignored_folders):
+            click.echo(f"Warning: ignored the hidden folder {name} in {repository} (not a model; "
+                       "`quantplug repo check --repair` removes staging debris)", err=True)
         for what, on in (("HTTP", http), ("metrics", metrics)):
             if on:
                 click.echo(f"Warning: {_HTTP_WARNING.format(what=what)}", err=True)

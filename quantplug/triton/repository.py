@@ -1,9 +1,23 @@
 """Write and check Triton model repositories.
 
 ``add_model`` reads the serving signature from the ONNX graph, builds the ``ModelConfig`` protobuf, lets
-plugins adjust it (``adjust_triton_config``), validates it, and only then writes: the new version is
-filled in a hidden temporary folder and renamed to the next version number, so a served version is
-never overwritten and nothing is half-written.
+plugins adjust it (``adjust_triton_config``), validates it, and only then writes. A served version is never overwritten and nothing is half-written:
+
+- Staging happens outside the repository root, in ``<parent>/.<repo name>.staging/`` (Triton tries to
+  load every folder in the root, hidden ones included, and a strict start fails on them). Each
+  ``repo add`` fills its own transaction folder there, owned by its pid.
+- Landing is a list of renames (a version folder to its number, a new model folder to its name, then
+  each ``config.pbtxt``), written first to a journal in the transaction folder and then applied under
+  an exclusive lock (``flock`` on ``<staging>/lock``). ``add_from_output`` lands FP32 and INT8 as one
+  transaction.
+- The guarantee, precisely: after a kill before the journal exists nothing of the add is visible; after
+  a kill while landing, the journal names the renames left and whoever next takes the lock (``repo add``,
+  ``serve`` / :class:`~quantplug.triton.server.TritonServer` before it starts Triton, ``repo check
+  --repair``) finishes them. ``serve`` holds the lock shared until Triton has read the repository, so a
+  server started by quantplug never sees one model of a pair new and the other old; ``repo check``
+  reports an unfinished landing. A plain ``tritonserver`` started by hand in the microseconds between
+  two renames, or after a kill before anyone finished it, can still see it: that is what a filesystem
+  without multi-folder transactions allows.
 
 Layout written::
 
@@ -15,10 +29,8 @@ Layout written::
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +38,10 @@ from typing import Any
 from ..errors import RepositoryError
 from .config import build_config, config_to_text, load_config, validate_config
 from .onnx_io import read_signature
+from .staging import Transaction, leftovers, repair
 
-__all__ = ["add_from_output", "add_model", "check_repository", "model_versions", "next_version", "replace_model"]
+__all__ = ["add_from_output", "add_model", "check_repository", "model_versions", "next_version", "repair_repository",
+           "replace_model"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -44,11 +58,11 @@ def next_version(model_dir: Path) -> int:
     return versions[-1] + 1 if versions else 1
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+class _Transaction(Transaction):
+    def stage(self, name: str, onnx_path: str | Path, *, replace: bool = False,
+              model_files: Mapping[str, Path | None] | None = None, **kwargs: Any) -> None:
+        _stage_model(self.repo, self.stage_dir(name), name, onnx_path, check_existing=not replace, **kwargs)
+        self.add(name, replace=replace, model_files={k: Path(v) for k, v in (model_files or {}).items() if v})
 
 
 def add_model(
@@ -77,16 +91,46 @@ def add_model(
     ``options`` are backend-specific (e.g. ``{"accelerator": "tensorrt"}`` for flavour ``container``);
     ``files`` maps extra file names to copy into the version folder (e.g. ``{"recipe.json": path}``).
     """
+    kwargs = dict(backend=backend, flavour=flavour, max_batch_size=max_batch_size,
+                  dynamic_batching=dynamic_batching, preferred_batch_sizes=preferred_batch_sizes,
+                  max_queue_delay_us=max_queue_delay_us, instance_count=instance_count, kind=kind,
+                  threads=threads, warmup=warmup, extra=extra, options=options, files=files, pm=pm)
+    with _Transaction(Path(repo)) as txn:
+        txn.stage(name, onnx_path, **kwargs)
+        return txn.land()[name]
+
+
+def _stage_model(
+    repo: Path,
+    into: Path,
+    name: str,
+    onnx_path: str | Path,
+    *,
+    backend: str = "onnxruntime",
+    flavour: str | None = "embedded",
+    max_batch_size: int = 64,
+    dynamic_batching: bool = True,
+    preferred_batch_sizes: list[int] | None = None,
+    max_queue_delay_us: int = 100,
+    instance_count: int = 1,
+    kind: str | None = None,
+    threads: int | None = None,
+    warmup: bool = True,
+    extra: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    files: Mapping[str, str | Path] | None = None,
+    pm: Any = None,
+    check_existing: bool = True,
+) -> None:
+    """Validate and write model ``name`` into ``into``: ``config.pbtxt`` and the version as ``version/``."""
     from google.protobuf import json_format
 
     from ..plugins import get_plugin_manager
     from ..registry import build_registry
 
-    repo, onnx_path = Path(repo), Path(onnx_path)
+    onnx_path = Path(onnx_path)
     if not _NAME.match(name):
         raise RepositoryError(f"model name {name!r} is not valid; use letters, digits, '_', '-', '.'")
-    if repo.exists() and not repo.is_dir():
-        raise RepositoryError(f"{repo} is a file, not a repository folder; pick a folder path")
     inputs, outputs = read_signature(onnx_path)
     pm = pm or get_plugin_manager()
     impl = build_registry(pm).backend(backend)
@@ -111,38 +155,19 @@ def add_model(
     if problems:
         raise RepositoryError(f"model {name!r} config is invalid: {'; '.join(problems)}")
     model_dir = repo / name
-    if model_dir.exists():
+    if check_existing and model_dir.exists():
         _check_compatible(model_dir, config)
-    repo.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=repo, prefix=f".{name}.", suffix=".tmp"))
-    try:
-        version_tmp = staging / "version"
-        version_tmp.mkdir()
-        impl.write_model(version_tmp, onnx_path, config, flavour=flavour, options=options)
-        for fname, src in (files or {}).items():
-            shutil.copyfile(src, version_tmp / fname)
-        deferred = (version_tmp / "build.json").exists()
-        file_problems = [] if deferred else validate_config(config, version_dirs=[version_tmp])
-        if file_problems:
-            raise RepositoryError(f"backend {backend} wrote an incomplete model {name!r}: {'; '.join(file_problems)}")
-        text = config_to_text(config)
-        if not model_dir.exists():
-            (staging / "config.pbtxt").write_text(text)
-            os.rename(version_tmp, staging / "1")
-            os.rename(staging, model_dir)  # atomic: the whole model folder appears at once
-            return model_dir / "1"
-        while True:  # another writer may race us for the number: rename fails if it exists
-            target = model_dir / str(next_version(model_dir))
-            try:
-                os.rename(version_tmp, target)
-                break
-            except OSError:
-                if not target.exists():
-                    raise
-        _write_text_atomic(model_dir / "config.pbtxt", text)
-        return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    into.mkdir()
+    version_tmp = into / "version"
+    version_tmp.mkdir()
+    impl.write_model(version_tmp, onnx_path, config, flavour=flavour, options=options)
+    for fname, src in (files or {}).items():
+        shutil.copyfile(src, version_tmp / fname)
+    deferred = (version_tmp / "build.json").exists()
+    file_problems = [] if deferred else validate_config(config, version_dirs=[version_tmp])
+    if file_problems:
+        raise RepositoryError(f"backend {backend} wrote an incomplete model {name!r}: {'; '.join(file_problems)}")
+    (into / "config.pbtxt").write_text(config_to_text(config))
 
 
 def _check_compatible(model_dir: Path, config: Any) -> None:
@@ -164,22 +189,13 @@ def _check_compatible(model_dir: Path, config: Any) -> None:
 def replace_model(repo: str | Path, name: str, onnx_path: str | Path, **kwargs: Any) -> Path:
     """Make ``onnx_path`` model ``name``'s only version, for tools that own that name (the demo, the bench).
 
-    Unlike :func:`add_model`, earlier versions are dropped. The old folder is moved aside first and put
-    back if adding fails, so a failure never loses it. Keyword arguments go to :func:`add_model`.
+    Unlike :func:`add_model`, earlier versions are dropped. The new model is staged in full first (a
+    failure leaves the old one untouched); landing moves the old folder aside into the staging area and
+    the new one into place, as one journaled transaction. Keyword arguments go to :func:`add_model`.
     """
-    folder = Path(repo) / name
-    aside = folder.with_name(f".{name}.replaced-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, aside)
-    try:
-        version = add_model(repo, name, onnx_path, **kwargs)
-    except BaseException:
-        if aside.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(aside, folder)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-    return version
+    with _Transaction(Path(repo)) as txn:
+        txn.stage(name, onnx_path, replace=True, **kwargs)
+        return txn.land()[name]
 
 
 def add_from_output(repo: str | Path, quantize_output_dir: str | Path, name: str, **kwargs: Any) -> dict[str, Path]:
@@ -197,13 +213,13 @@ def add_from_output(repo: str | Path, quantize_output_dir: str | Path, name: str
         raise RepositoryError(f"{src} lacks {', '.join(missing)}; it is not a `quantplug quantize` output folder "
                               "(rerun quantplug quantize --output DIR)")
     extras = {f: src / f for f in ("recipe.json", "metrics.json") if (src / f).is_file()}
-    added: dict[str, Path] = {}
-    for tag, fname in (("fp32", "model_fp32.onnx"), ("int8", "model.onnx")):
-        model_name = f"{name}_{tag}"
-        added[tag] = add_model(repo, model_name, src / fname, files=extras, **kwargs)
-        if "recipe.json" in extras:
-            shutil.copyfile(extras["recipe.json"], Path(repo) / model_name / "recipe.json")
-    return added
+    tags = {f"{name}_fp32": "fp32", f"{name}_int8": "int8"}
+    with _Transaction(Path(repo)) as txn:  # both staged, then landed together
+        for model_name, fname in ((f"{name}_fp32", "model_fp32.onnx"), (f"{name}_int8", "model.onnx")):
+            txn.stage(model_name, src / fname, files=extras, model_files={"recipe.json": extras.get("recipe.json")},
+                      **kwargs)
+        landed = txn.land()
+    return {tags[n]: path for n, path in landed.items()}
 
 
 def check_repository(repo: str | Path) -> list[str]:
@@ -218,7 +234,15 @@ def check_repository(repo: str | Path) -> list[str]:
     problems: list[str] = []
     for model_dir in models:
         problems += [f"{model_dir.name}: {p}" for p in _check_model(model_dir)]
-    return problems
+    return problems + leftovers(repo)
+
+
+def repair_repository(repo: str | Path) -> list[str]:
+    """Finish what killed writers left: interrupted landings, dead staging, older versions' root staging.
+
+    Returns one line per action (empty when there was nothing to do).
+    """
+    return repair(Path(repo))
 
 
 def _check_model(model_dir: Path) -> list[str]:

@@ -20,6 +20,11 @@ Exposure (what a local client can reach), by default:
   lets a client register a stub's own region as an output buffer and abort the server; log settings
   could be changed remotely. ``open_apis`` opens some of them to every client.
 
+Repository: before Triton starts, interrupted ``repo add`` landings are finished, and no landing can
+happen until Triton has read the repository (:func:`quantplug.triton.staging.serving_lock`), so a pair
+is seen together; hidden folders in the root (an older quantplug's staging debris) are not models:
+they are listed in ``ignored_folders``, never counted as failures.
+
 Debris: the work folder (backend copy) records its owners; a later start removes the folders of runs
 that were killed (SIGKILL). The python-backend stubs' shared-memory regions are removed when a crashed
 server leaves them behind.
@@ -157,6 +162,9 @@ class TritonServer:
         self.restricted_apis = tuple(a for a in RESTRICTABLE_APIS if a not in set(open_apis))
         self._admin_secret = secrets.token_urlsafe(24)
         self.cleaned_workdirs: list[Path] = []
+        self.recovered: list[str] = []  # what finishing interrupted `repo add` landings did at start
+        self.ignored_folders: dict[str, str] = {}  # hidden leftovers in the root Triton tried to load
+        self._repo_lock: contextlib.AbstractContextManager[list[str]] | None = None
         self._lines_at_live = 0
         self._lines_total = 0
         self._shm_regions: list[str] = []
@@ -269,10 +277,12 @@ class TritonServer:
             raise ServerError("this TritonServer is already started; stop() it first")
         cmd, env = self._prepare()
         self.returncode = None
+        self._hold_repository()
         try:
             self.process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, preexec_fn=_set_pdeathsig)
         except OSError as e:
+            self._release_repository()
             self._cleanup_workdir()
             raise ServerError(f"cannot run {cmd[0]} ({e}); reinstall nvidia-pytriton==0.7.0") from e
         assert self._workdir is not None
@@ -280,7 +290,10 @@ class TritonServer:
         self._reader = threading.Thread(target=self._read_log, name="tritonserver-log", daemon=True)
         self._reader.start()
         try:
-            self._wait_live()
+            try:
+                self._wait_live()
+            finally:
+                self._release_repository()
             self._lines_at_live = self._lines_total
             self._collect_failures()
             self._shm_regions = self._stub_regions()
@@ -288,6 +301,18 @@ class TritonServer:
             self.stop()
             raise
         return self
+
+    def _hold_repository(self) -> None:
+        """Finish interrupted `repo add` landings, then keep new ones out until Triton has read the repository."""
+        from .staging import serving_lock
+
+        self._repo_lock = serving_lock(self.repository)
+        self.recovered = self._repo_lock.__enter__()
+
+    def _release_repository(self) -> None:
+        lock, self._repo_lock = self._repo_lock, None
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
     def _read_log(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -353,10 +378,13 @@ class TritonServer:
         states = self.model_states()
         errors = self._error_lines()
         self.failed_models = {}
+        self.ignored_folders = {}
         for name, st in states.items():
             if st["state"] != "READY":
                 line = next((ln for ln in errors if f"'{name}'" in ln), "") or st["reason"] or st["state"]
-                self.failed_models[name] = line
+                # a hidden folder is debris (an older quantplug's staging), never a model: not a failure
+                (self.ignored_folders if name.startswith(".") else self.failed_models)[name] = line
+        states = {n: st for n, st in states.items() if n not in self.ignored_folders}
         if not states:
             raise ServerError(f"{self.repository} holds no model Triton could find; add one with `quantplug repo add`")
         if self.failed_models and (self.require_all or len(self.failed_models) == len(states)):
@@ -436,6 +464,7 @@ class TritonServer:
             self.returncode = proc.returncode
             if self._reader is not None:
                 self._reader.join(timeout=5)
+        self._release_repository()
         self._remove_regions()
         self._cleanup_workdir()
 
