@@ -28,6 +28,7 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
     "quantize",
+    "quantize_onnx",
 ]
 
 if TYPE_CHECKING:
@@ -45,3 +46,11 @@ def quantize(
     from .quant.api import quantize as _quantize
 
     return _quantize(model, recipe, calib_data, train_data, **kwargs)
+
+
+def quantize_onnx(onnx_path: Any, data: str, output_dir: Any, recipe: QuantRecipe | None = None,
+                  **kwargs: Any) -> Any:
+    """Quantize an existing ONNX file into ``output_dir``; see :func:`quantplug.onnx_in.quantize_onnx`."""
+    from .onnx_in import quantize_onnx as _quantize_onnx
+
+    return _quantize_onnx(onnx_path, data, output_dir, recipe, **kwargs)
