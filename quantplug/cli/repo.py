@@ -17,8 +17,8 @@ def command() -> None:
               help="Output folder of `quantplug quantize` (model.onnx, model_fp32.onnx, recipe.json).")
 @click.option("--name", required=True, help="Base name: adds NAME_fp32 and NAME_int8.")
 @click.option("--repository", default="model_repository", show_default=True, type=click.Path(path_type=Path))
-@click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime or tensorrt (or a plugin's).")
-@click.option("--flavour", default=None, help="onnxruntime: embedded (default) or container.")
+@click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime or tensorrt (or a plugin's, e.g. openvino).")
+@click.option("--flavour", default=None, help="onnxruntime/openvino: embedded (default) or container.")
 @click.option("--accelerator", type=click.Choice(["tensorrt"]), default=None,
               help="container flavour: ONNX Runtime's TensorRT execution accelerator (INT8).")
 @click.option("--max-batch-size", type=int, default=64, show_default=True)
