@@ -76,6 +76,40 @@ def _rows(name: str, r: Mapping[str, Any], batch: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _runtimes_section(data: Mapping[str, Any], batch: int) -> list[str]:
+    """Other in-process runtimes (backend plugins, e.g. OpenVINO), alternated with ONNX Runtime's rows."""
+    rows: list[dict[str, Any]] = []
+    for name, r in data["workloads"].items():
+        for runtime, m in (r.get("runtimes") or {}).items():
+            if "error" in m:
+                rows.append({"workload": name, "model": f"{runtime}: FAILED: {m['error']}"})
+                continue
+            inp, q = m["in_process"], m["quality"]
+            for key, det in m["models"].items():
+                if "error" in det:
+                    rows.append({"workload": name, "model": f"{det['label']}: FAILED: {det['error']}"})
+                    continue
+                secs = det.get("quantize_seconds")
+                rows.append({
+                    "workload": name, "model": det["label"], "ms": _num(inp["medians_ms"].get(key)),
+                    "x_ort": _x(inp["speedup_vs_onnxruntime_fp32"].get(key)),
+                    "x_fast": _x(inp["speedup_vs_fastest_fp32"].get(key)),
+                    "x_peer": _x(inp["speedup_vs_peer"].get(key)) or "",
+                    "quantize": f"{secs:.1f} s" if secs is not None else "",
+                    "quality": quality_text(q["scores"].get(key), q.get("metric")),
+                    "best": "fastest INT8" if key == inp.get("fastest_int8") else
+                            ("fastest FP32" if key == inp.get("fastest_fp32") else ""),
+                })
+    if not rows:
+        return []
+    columns = [("workload", "workload", None), ("runtime and model", "model", None), (f"ms b{batch}", "ms", None),
+               ("vs ORT FP32", "x_ort", None), ("vs fastest FP32", "x_fast", None), ("vs peer", "x_peer", None),
+               ("time to quantize", "quantize", None), ("quality (own runtime, test set)", "quality", None),
+               ("", "best", None)]
+    return [f"## Other runtimes (in-process, batch {batch}, alternated with ONNX Runtime)", "",
+            format_table(rows, columns), ""]
+
+
 def _value(target: Mapping[str, Any], value: float | None) -> str:
     if value is None:
         return "not measured"
@@ -103,7 +137,9 @@ def format_markdown(data: Mapping[str, Any]) -> str:
                (f"vs peer b{batch}", "x_peer", None), ("served inf/s", "ips", None),
                ("served vs FP32", "x_served", None), ("served / in-process", "eff", None),
                ("quality (ORT, test set)", "quality", None)]
-    lines += [format_table(rows, columns), "", "## Targets", ""]
+    lines += [format_table(rows, columns), ""]
+    lines += _runtimes_section(data, batch)
+    lines += ["## Targets", ""]
     trows = [{"target": f"{t['workload']}: {t['target']}", "measured": _value(t, t["measured"]),
               "spread": f"{_value(t, t['spread'][0])} to {_value(t, t['spread'][1])}" if t.get("spread") else "",
               "result": "not measured" if t["met"] is None else

@@ -81,7 +81,10 @@ def bench_workload(cfg: BenchConfig, name: str, registry: Any, pm: Any) -> dict[
     workload = registry.workload(name)
     variants = variants_for(name, cfg.calibrator)
     batches = [cfg.batch] + ([1] if cfg.batch != 1 else [])
+    from .runtimes import bench_runtimes, runtime_backends
+
     total = 1 + len(variants) + 1 + len(batches) + 1 + 1 + len(variants) + cfg.serve_peer
+    total += len(runtime_backends(registry))
     load_start = _loadavg()
     steps = _Steps(name, total, cfg.progress)
     try:
@@ -95,6 +98,7 @@ def bench_workload(cfg: BenchConfig, name: str, registry: Any, pm: Any) -> dict[
                                                rounds=cfg.rounds, reps=cfg.reps, warmup=cfg.warmup)
         steps("quality")
         qual = quality(workload, models, threads=cfg.threads, limit=cfg.test_limit)
+        runtimes = bench_runtimes(cfg, workload, registry, built, cfg.output / "models" / name, step=steps)
         served = serve_and_load_test(cfg.output / "model_repository", name, models, candidates,
                                      request_feeds(workload, cfg.batch), threads=cfg.threads, batch=cfg.batch,
                                      users=cfg.users, pairs=cfg.pairs, duration_s=cfg.duration_s,
@@ -121,6 +125,7 @@ def bench_workload(cfg: BenchConfig, name: str, registry: Any, pm: Any) -> dict[
         "efficiency_unpaired_rule": ("pooled served throughput / the in-process measurement above (taken minutes "
                                      "earlier, under another machine load: for reference only)"),
         "quality": qual,
+        "runtimes": runtimes,  # other in-process runtimes (backend plugins), see quantplug.bench.runtimes
         "loadavg": {"start": load_start, "end": _loadavg()},
         "step_seconds": steps.seconds,
     }

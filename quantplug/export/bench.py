@@ -10,7 +10,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +48,13 @@ class BenchResult:
 
 
 def bench_onnx(models: Mapping[str, str | os.PathLike[str]], feeds: Mapping[str, np.ndarray], *, threads: int = 2,
-               rounds: int = 7, reps: int = 5, warmup: int = 3) -> BenchResult:
-    """Median latency (ms) of each model on ``feeds``; rounds alternate the models (A B A B ...)."""
-    sessions = {name: session(p, threads) for name, p in models.items()}
+               rounds: int = 7, reps: int = 5, warmup: int = 3,
+               openers: Mapping[str, Callable[[Any, int], Any]] | None = None) -> BenchResult:
+    """Median latency (ms) of each model on ``feeds``; rounds alternate the models (A B A B ...).
+
+    ``openers`` maps a model key to another runtime's ``open(path, threads)`` returning an object with
+    ONNX Runtime's ``run(None, feeds)`` (a backend plugin's ``session``); other keys run in ONNX Runtime."""
+    sessions = {name: (openers or {}).get(name, session)(p, threads) for name, p in models.items()}
     for s in sessions.values():
         for _ in range(warmup):
             s.run(None, dict(feeds))

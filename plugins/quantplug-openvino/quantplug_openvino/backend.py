@@ -100,9 +100,31 @@ class OpenVinoBackend:
         if flavour == "embedded":
             shutil.copyfile(MODEL_PY, version_dir / "model.py")
 
-    # In-process runtime, for `quantplug bench` and parity checks (imports openvino only when called).
+    # In-process runtime and peer, for `quantplug bench` and parity checks (openvino imported when called).
+    peer_tool: str = "nncf.quantize"
+
     def session(self, path: str | Path, threads: int) -> Any:
         """A compiled model with ONNX Runtime's ``run(output_names, feeds)`` shape."""
         from .runtime import OpenVinoSession
 
         return OpenVinoSession(path, threads)
+
+    def quantize_peer(self, fp32_onnx: str | Path, out_dir: str | Path, feeds: list[dict[str, Any]]) -> Path:
+        """NNCF's INT8 of the FP32 ONNX, calibrated on ``feeds``: ``out_dir/model.xml`` (+ ``.bin``)."""
+        import os
+        import tempfile
+
+        from .runtime import nncf_quantize
+
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            nncf_quantize(fp32_onnx, tmp / "model.xml", feeds)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out_dir / "model.xml"

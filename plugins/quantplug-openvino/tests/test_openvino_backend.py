@@ -259,3 +259,60 @@ def test_quantplug_plugins_lists_the_distribution(models: Models, tmp_path: Path
                          capture_output=True, text=True, env=env_free, timeout=120)
     assert add.returncode == 0, add.stderr
     assert (tmp_path / "repo" / "cnn_int8" / "1" / "model.py").read_text().count("import openvino") == 1
+
+
+class _BenchWorkload:
+    """The parts of the Workload contract ``quantplug bench`` uses, over the digits split."""
+
+    name, metric, input_names, output_names = "ov-digits", "accuracy", ("image",), ("logits",)
+
+    def __init__(self, models: Models) -> None:
+        self.models = models
+        (self.x_train, _), _ = _digits()
+
+    def calibration_batches(self, batch_size: int, seed: int = 0) -> Iterator[Any]:
+        import torch
+
+        for i in range(0, len(self.x_train), batch_size):
+            yield torch.from_numpy(self.x_train[i:i + batch_size])
+
+    def test_set(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return {"image": self.models.x_test}, self.models.y_test
+
+    def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        return {"accuracy": float(100.0 * np.mean(outputs.argmax(axis=1) == targets))}
+
+
+def test_bench_rows_openvino_beside_onnxruntime(models: Models, tmp_path: Path) -> None:
+    """FP32, quantplug INT8 and NNCF INT8 on OpenVINO, alternated with ONNX Runtime's, through the plugin's
+    backend only (the core never imports openvino); the bench.md section lists every row."""
+    from types import SimpleNamespace
+
+    from quantplug.bench import BenchConfig
+    from quantplug.bench.report import _runtimes_section
+    from quantplug.bench.runtimes import bench_runtimes
+
+    cfg = BenchConfig.quick_config(output=tmp_path, threads=1, calib_batches=8, test_limit=100)
+    built = SimpleNamespace(paths={"fp32": models.fp32, "int8": models.int8},
+                            details={"int8": {"quantize_seconds": 1.5}})
+    steps: list[str] = []
+    out = bench_runtimes(cfg, _BenchWorkload(models), models.registry, built, tmp_path / "models", step=steps.append)
+    assert list(out) == ["openvino"] and steps == ["runtime openvino: FP32, INT8, peer"]
+    ov = out["openvino"]
+    keys = {"onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32", "openvino_int8", "openvino_peer"}
+    assert set(ov["models"]) == keys and ov["scheme_exact_here"] is True
+    peer = ov["models"]["openvino_peer"]
+    assert peer["tool"] == "nncf.quantize" and Path(peer["path"]).name == "model.xml" and peer["quantize_seconds"] > 0
+    assert "the same 8 batches of 2" in peer["calibration"]
+    inp = ov["in_process"]
+    assert set(inp["medians_ms"]) == keys and all(len(v) == cfg.rounds for v in inp["rounds_ms"].values())
+    assert inp["speedup_vs_onnxruntime_fp32"]["onnxruntime_fp32"] == 1.0
+    assert set(inp["speedup_vs_peer"]) == {"onnxruntime_int8", "openvino_int8"}
+    assert inp["fastest_fp32"] in ("onnxruntime_fp32", "openvino_fp32")
+    scores = ov["quality"]["scores"]
+    assert set(scores) == keys and all(s["accuracy"] > 85 for s in scores.values())
+    # The same QDQ file scores the same in both runtimes (both exact on this CPU's scheme).
+    assert abs(scores["openvino_int8"]["accuracy"] - scores["onnxruntime_int8"]["accuracy"]) <= 1.0
+    text = "\n".join(_runtimes_section({"workloads": {"ov-digits": {"runtimes": out}}}, cfg.batch))
+    for label in ("ONNX Runtime FP32", "quantplug INT8 on openvino", "nncf.quantize INT8 on openvino", "fastest INT8"):
+        assert label in text
