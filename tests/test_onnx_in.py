@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import operator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -44,7 +45,8 @@ def _model() -> nn.Module:
     torch.manual_seed(0)
     m = TinyResNet()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so folding matters
-        for bn in (m.stem[1], m.bn1):
+        bns: list[Any] = [m.stem[1], m.bn1]
+        for bn in bns:
             bn.running_mean.uniform_(-0.2, 0.2)
             bn.running_var.uniform_(0.5, 1.5)
     return m.eval()
@@ -101,8 +103,8 @@ def test_prepare_places_the_same_quantizers_as_on_the_pytorch_module(tmp_path: P
     scheme = build_registry().backend("onnxruntime").scheme
     recipe = QuantRecipe()
     example = (torch.randn(2, 1, 8, 8),)
-    from_torch = prepare(model, recipe, scheme, example).quantplug_report  # type: ignore[union-attr]
-    from_onnx = prepare(load_onnx(path).module, recipe, scheme, example).quantplug_report  # type: ignore[union-attr]
+    from_torch: Any = prepare(model, recipe, scheme, example).quantplug_report  # type: ignore[union-attr,assignment]
+    from_onnx: Any = prepare(load_onnx(path).module, recipe, scheme, example).quantplug_report  # type: ignore[union-attr]
     assert from_onnx.traced
     assert sorted(from_onnx.layers) == sorted(from_torch.layers) == ["conv1", "conv2", "fc", "stem.0"]
     assert len(from_onnx.activations) == len(from_torch.activations)
@@ -216,3 +218,16 @@ def test_dynamic_shape_arithmetic_is_named(tmp_path: Path) -> None:
     shape_nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
     with pytest.raises(OnnxConversionError, match="Shape node .*dynamic shape"):
         load_onnx(_save(tmp_path, shape_nodes, "shape.onnx"))
+
+
+def test_repo_add_takes_an_onnx_output_like_any_other(tiny_onnx: Path, tiny_data: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    from quantplug.triton.repository import add_from_output, check_repository
+
+    out = tmp_path / "out"
+    quantize_onnx(tiny_onnx, str(tiny_data[0]), out, calib_batches=1, calib_batch_size=32)
+    added = add_from_output(tmp_path / "repo", out, "tiny")
+    assert set(added) == {"fp32", "int8"}
+    assert check_repository(tmp_path / "repo") == []
+    config = (tmp_path / "repo" / "tiny_int8" / "config.pbtxt").read_text()
+    assert '"image"' in config and '"scores"' in config
