@@ -31,9 +31,11 @@ def pip_install_target(source: Path, target: Path) -> None:
 
 @pytest.fixture(scope="session")
 def installed_fixture_plugins(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The good and the broken fixture plugin, pip-installed into one folder (not into the venv)."""
+    """The good fixture plugin and the broken ones (import error, misspelled hook, name clash),
+    pip-installed into one folder (not into the venv)."""
     target = tmp_path_factory.mktemp("site")
-    for name in ("quantplug_fixture_good", "quantplug_fixture_broken"):
+    for name in ("quantplug_fixture_good", "quantplug_fixture_broken", "quantplug_fixture_misspelled",
+                 "quantplug_fixture_clash"):
         pip_install_target(FIXTURE_PLUGINS / name, target)
     return target
 

@@ -17,18 +17,21 @@ from .conftest import run_cli
 @dataclass
 class _Thing:
     name: str
-    description: str = "test thing"
+    description: str = "test calibrator"
+
+    def compute_range(self, histogram, bits, symmetric):
+        return -1.0, 1.0
 
 
 class _PluginA:
     @quantplug.hookimpl
-    def register_workloads(self, register):
+    def register_calibrators(self, register):
         register(_Thing("same-name"))
 
 
 class _PluginB:
     @quantplug.hookimpl
-    def register_workloads(self, register):
+    def register_calibrators(self, register):
         register(_Thing("same-name"))
 
 
@@ -101,15 +104,110 @@ def test_external_plugin_appears_without_change(installed_fixture_plugins):
     assert rows["quantplug.builtin.backends"]["backends"] == ["onnxruntime", "tensorrt"]
 
 
-def test_broken_plugin_is_reported_by_name_and_package(installed_fixture_plugins):
-    env = {"PYTHONPATH": str(installed_fixture_plugins)}
+def _all_plugins_env(site) -> dict[str, str]:
     env_all = {k: v for k, v in os.environ.items() if k != "QUANTPLUG_LOAD_PLUGINS"}
-    result = run_cli("plugins", env={**env_all, **env})
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr  # one line, no traceback
-    assert 'quantplug plugin "fixture_broken" from package quantplug-fixture-broken' in lines[0]
-    assert "QUANTPLUG_LOAD_PLUGINS" in lines[0]
+    return {**env_all, "PYTHONPATH": str(site)}
+
+
+def test_broken_plugins_are_marked_and_healthy_ones_still_listed(installed_fixture_plugins):
+    result = run_cli("plugins", env=_all_plugins_env(installed_fixture_plugins))
+    assert result.returncode == 2
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("Error: ") for e in errors), result.stderr  # no traceback
+    broken, misspelled, clash = (next(e for e in errors if f'"fixture_{n}"' in e)
+                                 for n in ("broken", "misspelled", "clash"))
+    assert 'quantplug plugin "fixture_broken" from package quantplug-fixture-broken' in broken
+    assert "QUANTPLUG_LOAD_PLUGINS" in broken
+    assert ('quantplug plugin "fixture_misspelled" from package quantplug-fixture-misspelled 0.0.1 implements '
+            'unknown hook "register_calibrator" (did you mean "register_calibrators"?)') in misspelled
+    assert 'calibrator "max" is registered by both plugin "quantplug.builtin.calibrators" and plugin ' \
+           '"fixture_clash"' in clash
+    out = result.stdout
+    assert "fixture_good  (quantplug-fixture-good 1.2.3)\n" in out and "calibrators: fixture-halfmax" in out
+    assert "calibrators: max, mse, percentile" in out.replace("entropy, ", "")  # the built-ins stay
+    for name in ("fixture_broken", "fixture_misspelled", "fixture_clash"):
+        assert f"{name}  (" in out and out.split(f"{name}  (", 1)[1].split("\n", 1)[0].endswith("BROKEN")
+
+
+def test_broken_plugins_in_json(installed_fixture_plugins):
+    result = run_cli("plugins", "--json", env=_all_plugins_env(installed_fixture_plugins))
+    assert result.returncode == 2
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["fixture_good"]["error"] is None and rows["fixture_good"]["calibrators"] == ["fixture-halfmax"]
+    assert rows["fixture_clash"]["calibrators"] == [] and "both plugin" in rows["fixture_clash"]["error"]
+    assert rows["fixture_misspelled"]["distribution"] == "quantplug-fixture-misspelled"
+    assert "ImportError" in rows["fixture_broken"]["error"]
+
+
+def test_a_command_that_needs_plugins_fails_on_a_misspelled_hook(installed_fixture_plugins):
+    env = {"PYTHONPATH": str(installed_fixture_plugins), "QUANTPLUG_LOAD_PLUGINS": "fixture_misspelled"}
+    result = run_cli("quantize", "--workload", "mnist-cnn", "--output", "/nonexistent/never", env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and '"register_calibrator"' in result.stderr
+    assert "quantplug-fixture-misspelled" in result.stderr
+
+
+def test_misspelled_hook_is_an_error_naming_plugin_and_hook(pm):
+    class Misspelled:
+        @quantplug.hookimpl
+        def register_method(self, register):
+            raise AssertionError("never called")
+
+    pm.register(Misspelled(), name="misspelled")
+    with pytest.raises(PluginError, match='plugin "misspelled" .*unknown hook "register_method" '
+                                          r'\(did you mean "register_methods"\?\)'):
+        build_registry(pm)
+
+
+def test_tolerant_manager_records_and_drops_a_clashing_plugin(monkeypatch):
+    monkeypatch.delenv("QUANTPLUG_LOAD_PLUGINS", raising=False)
+    pm = get_plugin_manager(load_entrypoints=False, strict=False)
+    pm.register(_PluginA(), name="plugin-a")
+    pm.register(_PluginB(), name="plugin-b")
+    registry = build_registry(pm)
+    assert registry.plugin_of("calibrators", "same-name") == "plugin-a"
+    (failure,) = pm.failures
+    assert failure.name == "plugin-b" and "plugin-a" in failure.message
+
+
+def test_registration_checks_the_contract_naming_plugin_and_member(pm):
+    class NoApply:
+        name = "half-a-method"
+        description = "has no apply"
+
+    class Registers:
+        @quantplug.hookimpl
+        def register_methods(self, register):
+            register(NoApply())
+
+    pm.register(Registers(), name="incomplete")
+    with pytest.raises(PluginError, match='plugin "incomplete" registered method "half-a-method" without apply'):
+        build_registry(pm)
+
+
+def test_optional_members_read_as_their_declared_defaults(pm):
+    from quantplug.registry import CONTRACTS, Method
+
+    class Minimal:
+        name = "minimal"
+        description = "only the required members"
+
+        def apply(self, model, recipe, context):
+            return model
+
+    class Registers:
+        @quantplug.hookimpl
+        def register_methods(self, register):
+            register(Minimal())
+
+    pm.register(Registers(), name="minimal")
+    method = build_registry(pm).method("minimal")
+    defaults = CONTRACTS["methods"].optional
+    assert (method.needs_training_data, method.needs_labels, method.needs_calibration, method.prepare) == (
+        defaults["needs_training_data"], defaults["needs_labels"], defaults["needs_calibration"], None)
+    assert isinstance(method, Method) and method.apply("m", None, None) == "m"
+    with pytest.raises(AttributeError):
+        method.not_a_member  # noqa: B018
 
 
 def test_disabled_plugins(installed_fixture_plugins):
