@@ -65,7 +65,7 @@ def _primary(metrics: dict[str, Any], key: str, where: str = "onnxruntime") -> f
 
 
 def _quantize_rows(cfg: DemoConfig, workload: Any, model: Any, registry: Any, pm: Any) -> list[dict[str, Any]]:
-    from ..pipeline import quantize_to_dir
+    from ..pipeline import predict_torch, quantize_to_dir
 
     rows = []
     for row in cfg.rows:
@@ -73,7 +73,12 @@ def _quantize_rows(cfg: DemoConfig, workload: Any, model: Any, registry: Any, pm
         result = quantize_to_dir(workload, _recipe(cfg, row), cfg.output / "rows" / row["label"], registry=registry,
                                  pm=pm, progress=cfg.progress, model=model)
         m = result.metrics
+        inputs, _ = workload.test_set()
+        torch_out = predict_torch(result.qmodel, inputs, tuple(workload.input_names))
         rows.append({
+            "_torch_outputs": torch_out,
+            "parity_ok": bool(m.get("parity", {}).get("ok", True)),
+            "onnxruntime_vs_torch": (m.get("parity", {}).get("torch_vs_runtime") or {}),
             "label": row["label"], "method": row["method"], "calibrator": row["calibrator"],
             "weight_bits": result.recipe.weight_bits, "activation_bits": result.recipe.activation_bits,
             "target": result.recipe.target, "output_dir": str(result.output_dir),
@@ -107,6 +112,7 @@ def _write_repository(cfg: DemoConfig, rows: list[dict[str, Any]], pm: Any) -> s
 def _serve_verify_loadtest(cfg: DemoConfig, workload: Any, rows: list[dict[str, Any]], fp32_name: str,
                            pm: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     from ..loadtest import run_ab
+    from ..parity import compare
     from ..triton.client import evaluate_served
     from ..triton.server import TritonServer
 
@@ -117,8 +123,12 @@ def _serve_verify_loadtest(cfg: DemoConfig, workload: Any, rows: list[dict[str, 
         with stage(pm, "verify"):
             fp32_served = evaluate_served(server.grpc_url, fp32_name, workload, progress=cfg.progress)
             for r in rows:
-                served = evaluate_served(server.grpc_url, r["model"], workload, progress=cfg.progress)
+                served = evaluate_served(server.grpc_url, r["model"], workload, progress=cfg.progress,
+                                         keep_outputs=True)
                 r["accuracy_served"] = float(served[workload.metric])
+                # The model as served against the fake-quant model that was calibrated and trained.
+                agreement = compare(r.pop("_torch_outputs"), served.pop("outputs"))
+                r["served_vs_torch"] = agreement.to_dict()
         fp32 = {"model": fp32_name, "accuracy": float(fp32_served[workload.metric])}
         # Full A/B for the best static INT8 row; shorter runs for the others.
         static8 = [r for r in rows if r["method"] != "dynamic" and r["weight_bits"] == 8]
@@ -185,6 +195,7 @@ def _tables(report: dict[str, Any]) -> str:
         ("accuracy served", "accuracy_served", lambda v: f"{v:.2f}"),
         ("drop (pts, served)", "accuracy_drop_pts", lambda v: f"{v:+.2f}"),
         ("speed-up (served)", "speedup", lambda v: f"{v:.2f}x"),
+        ("served = fake-quant (top-1)", "served_top1", lambda v: f"{100 * v:.1f}%"),
         ("time to quantize", "quantize_seconds", lambda v: f"{v:.1f}s"),
     ])
     int4 = report["int4"]
@@ -206,13 +217,17 @@ def _tables(report: dict[str, Any]) -> str:
         f"FP32 vs {lt['candidate']['p50_ms']:.1f} ms INT8).\n\n"
         f"## {int4['workload']}, INT4 weights / INT8 activations, {report['settings']['seeds']} seeds "
         f"(FP32 {int4['fp32_accuracy']['mean']:.2f}% ± {int4['fp32_accuracy']['std']:.2f})\n\n{small}\n"
-        f"\nMachine: {report['machine'].get('cpu_model', '?')}, {report['machine'].get('logical_cores', '?')} cores. "
+        f"\nMachine: {report['machine'].get('cpu_model', '?')}, {report['machine'].get('logical_cores', '?')} cores, "
+        f"INT8 features: {', '.join(report['machine'].get('int8_flags') or []) or 'none'}; the models were made for "
+        f"this CPU ({report['cpu']['isa']}: {report['cpu']['scheme']}). 'served = fake-quant': top-1 agreement of "
+        "the served model with the PyTorch fake-quant model on the held-out set. "
         "TensorRT on a GPU: not measured here (no TensorRT in this environment).\n"
     )
 
 
 def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Run the main job; returns the report (also written to ``cfg.output/report.json``)."""
+    from ..cpu import describe_scheme_need, detect_cpu
     from ..loadtest.machine import machine_info
     from ..plugins import get_plugin_manager
     from ..registry import build_registry
@@ -242,6 +257,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         r["bits"] = f"W{r['weight_bits']}A{r['activation_bits']}"
         if r["method"] == "dynamic":
             r["bits"] = f"W{r['weight_bits']}A8 (dynamic)"
+        r["served_top1"] = r["served_vs_torch"]["top1"]
     _say(f"[demo] 7/8 INT4 weights on {cfg.int4_workload}: ptq vs qat vs qad over {cfg.seeds} seeds")
     int4 = _int4_table(cfg, registry, pm)
     for r in int4["rows"]:
@@ -252,7 +268,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "workload": cfg.workload, "test_size": int(len(targets)),
         "fp32": fp32, "rows": rows, "int4": int4, "loadtest": loadtest,
-        "machine": machine_info(), "settings": {k: v for k, v in asdict(cfg).items() if k != "rows"},
+        "machine": machine_info(), "cpu": {"isa": detect_cpu().isa, "scheme": describe_scheme_need()},
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "rows"},
         "notes": {"speedup": "served throughput ratio INT8/FP32, same Triton server, locust over gRPC",
                   "accuracy_served": "held-out test split through Triton over gRPC",
                   "tensorrt": "not measured: TensorRT and a GPU are not available here"},

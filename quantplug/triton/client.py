@@ -94,8 +94,9 @@ def model_statistics(url: str, model: str) -> dict[str, int]:
 
 
 def evaluate_served(url: str, model: str, workload: Any, batch_size: int = 64,
-                    progress: bool = False) -> dict[str, Any]:
-    """Score ``workload.test_set()`` served by ``model`` at ``url``: the workload's metrics plus counts.
+                    progress: bool = False, keep_outputs: bool = False) -> dict[str, Any]:
+    """Score ``workload.test_set()`` served by ``model`` at ``url``: the workload's metrics plus counts
+    (and, with ``keep_outputs``, the served outputs themselves under ``"outputs"``, for parity checks).
 
     Batches are clamped to the model's ``max_batch_size``. The first of ``workload.output_names`` is
     scored (see docs/internals.md, Workload).
@@ -134,4 +135,6 @@ def evaluate_served(url: str, model: str, workload: Any, batch_size: int = 64,
     result: dict[str, Any] = dict(workload.score(outputs, targets))
     result.update({"model": model, "url": url, "workload": getattr(workload, "name", "?"), "count": n,
                    "batches": len(starts), "batch_size": batch_size, "seconds": round(seconds, 4)})
+    if keep_outputs:
+        result["outputs"] = outputs
     return result

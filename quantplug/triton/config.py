@@ -98,12 +98,11 @@ def _add_warmup(config: ModelConfig, inputs: Sequence[TensorSpec]) -> None:
     pb = _pb()
     sample = config.model_warmup.add(name="warmup_batch1", batch_size=1 if config.max_batch_size > 0 else 0,
                                      count=1)
-    for tensor, spec in zip(config.input, inputs, strict=True):
-        data = pb.ModelWarmup.Input(data_type=tensor.data_type, dims=list(tensor.dims))
-        if spec.dtype in ("TYPE_FP32", "TYPE_FP16", "TYPE_FP64", "TYPE_BF16"):
-            data.random_data = True
-        else:
-            data.zero_data = True  # token ids and masks: zeros are always in range
+    # Zeros, never random_data: Triton fills that with random bytes, which include NaN/Inf bit patterns
+    # (the served model rejects those), and a warm-up request that fails makes Triton 2.51 exit with SIGSEGV
+    # (seen). Zeros are always in range, token ids and masks included.
+    for tensor in config.input:
+        data = pb.ModelWarmup.Input(data_type=tensor.data_type, dims=list(tensor.dims), zero_data=True)
         sample.inputs[tensor.name].CopyFrom(data)
 
 
