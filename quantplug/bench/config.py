@@ -23,18 +23,31 @@ class Variant:
     method: str
     calibrator: str  # a calibrator name or AUTO
     label: str
+    cpu: str = "auto"  # the serving CPU the scheme is made for (quantplug.cpu): auto = this machine
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def variants_for(workload: str, calibrator: str) -> list[Variant]:
+def variants_for(workload: str, calibrator: str, *, other_scheme: bool = True) -> list[Variant]:
     """Static INT8 PTQ for every workload; transformers (``minilm``) also get dynamic INT8.
 
     The first variant is the workload's primary INT8 model (the one the targets and the peer
-    comparison use): static PTQ, the scheme a serving engine runs in integer kernels.
+    comparison use): static PTQ in the scheme exact on this CPU. ``other_scheme`` adds the same PTQ
+    in the other CPU scheme (quantplug.cpu), so the cost of exactness is measured: on a CPU without
+    VNNI, full 8-bit weights (fast but saturating there); on a VNNI/AMX CPU, 7-bit weights (exact on
+    every CPU).
     """
+    from ..cpu import detect_cpu
+
     variants = [Variant("int8", "ptq", calibrator, "INT8 static PTQ")]
+    if other_scheme:
+        if detect_cpu().saturates:
+            variants.append(Variant("int8_vnni_scheme", "ptq", calibrator,
+                                    "INT8 PTQ, full 8-bit weights (VNNI scheme: saturates on this CPU)", "vnni"))
+        else:
+            variants.append(Variant("int8_avx2_scheme", "ptq", calibrator,
+                                    "INT8 PTQ, 7-bit weights (AVX2 scheme: exact on every CPU)", "avx2"))
     if workload == "minilm":
         variants.append(Variant("int8_dynamic", "dynamic", "max", "INT8 dynamic"))
     return variants

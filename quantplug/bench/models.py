@@ -43,9 +43,9 @@ class BuiltModels:
     calibrator_selection: dict[str, Any] | None = None
 
 
-def _recipe(cfg: BenchConfig, method: str, calibrator: str) -> QuantRecipe:
+def _recipe(cfg: BenchConfig, method: str, calibrator: str, cpu: str = "auto") -> QuantRecipe:
     return QuantRecipe(method=method, calibrator=calibrator, target="onnxruntime", calib_batches=cfg.calib_batches,
-                       calib_batch_size=cfg.calib_batch_size, seed=0)
+                       calib_batch_size=cfg.calib_batch_size, seed=0, cpu=cpu)
 
 
 def _as_numpy(batch: Any) -> tuple[np.ndarray, ...]:
@@ -110,7 +110,7 @@ def _auto_variant(cfg: BenchConfig, workload: Any, fp_model: Any, variant: Varia
     from ..quant.api import compare_calibrators
 
     started = time.perf_counter()
-    recipe = _recipe(cfg, variant.method, "max")
+    recipe = _recipe(cfg, variant.method, "max", variant.cpu)
     names = registry.names("calibrators")
     calib = workload.calibration_batches(recipe.calib_batch_size, seed=recipe.seed)
     models = compare_calibrators(fp_model, recipe, calib, names, registry=registry, progress=cfg.progress)
@@ -146,7 +146,7 @@ def _quantize_variant(cfg: BenchConfig, workload: Any, fp_model: Any, variant: V
                       out: Path) -> dict[str, Any]:
     from ..pipeline import quantize_to_dir
 
-    recipe = _recipe(cfg, variant.method, variant.calibrator)
+    recipe = _recipe(cfg, variant.method, variant.calibrator, variant.cpu)
     result = quantize_to_dir(workload, recipe, out, registry=registry, progress=cfg.progress, model=fp_model,
                              evaluate=False)
     return _details(variant, recipe, out, result.metrics)
