@@ -179,3 +179,26 @@ def test_cli_reports_what_runs_in_integer(tmp_path: Path) -> None:
     assert m["integer"]["integer_share"] >= 0.9 and m["integer"]["layers"]
     assert "in integer: " in r.stdout and "capture: execution" in r.stdout
     assert "could not capture" not in r.stderr
+
+
+def test_multihead_attention_becomes_quantizable_layers_with_the_same_results(registry, tmp_path: Path) -> None:
+    from quantplug.bench.zoo import Segmenter
+    from quantplug.quant.modules import MultiheadAttention
+
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        mha = nn.MultiheadAttention(16, 2, batch_first=batch_first).eval()
+        x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)  # batch 2, 5 tokens
+        pad = torch.zeros(2, 5, dtype=torch.bool)
+        pad[0, 3:] = True
+        for kwargs in ({}, {"key_padding_mask": pad}, {"need_weights": False}):
+            a, b = mha(x, x, x, **kwargs), MultiheadAttention(mha).eval()(x, x, x, **kwargs)
+            torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
+    model = Segmenter(width=8).eval()
+    example = (torch.randn(2, 3, 32, 32),)
+    q = _ptq(model, example, registry)
+    assert {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"} <= set(q.quantplug_report.layers)
+    path = export_qdq(q, (example[0][:1],), tmp_path / "seg.onnx", registry=registry)
+    coverage = integer_share(path, {"input": example[0].numpy()})
+    projections = [layer for layer in coverage.layers if "proj" in layer.node and layer.integer]
+    assert len(projections) >= 4 and coverage.share > 0.8

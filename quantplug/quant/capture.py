@@ -45,6 +45,8 @@ _ADD_FUNCS = ("add", "__add__", "__radd__", "__iadd__", "add_")
 _CAT_FUNCS = ("cat", "concat", "concatenate")
 _MATMUL_FUNCS = ("matmul", "__matmul__", "bmm")
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_NORM_MODULES = (nn.LayerNorm, nn.GroupNorm)
+_NORM_FUNCS = ("layer_norm", "group_norm", "rms_norm")
 # Above this magnitude an operand is a mask (-inf, finfo.min), not an activation worth 256 levels.
 _MASK_MAGNITUDE = 1e4
 
@@ -383,16 +385,46 @@ def place(events: list[Event], outputs: set[int], with_outputs: bool) -> tuple[l
         if i not in outputs:
             want(i)
 
+    def is_add(ev: Event) -> bool:
+        ops = ev.inputs[:2]
+        return ((isinstance(ev.module, qnn.Add) or (ev.kind == "function" and ev.name in _ADD_FUNCS))
+                and len(ops) == 2 and all(activation(i) and events[i].small for i in ops)
+                and events[ops[0]].shape == events[ops[1]].shape)
+
+    def is_norm(ev: Event) -> bool:
+        return isinstance(ev.module, _NORM_MODULES) or (ev.kind == "function" and ev.name in _NORM_FUNCS)
+
+    feeds_memo: dict[int, bool] = {}
+
+    def add_feeds_integer(i: int) -> bool:
+        """Whether an add's output reaches anything but a normalization (a transformer's residual stream
+        only feeds LayerNorms and the next residual add: quantizing it costs Q/DQ and buys no integer op)."""
+        if i not in feeds_memo:
+            feeds_memo[i] = False
+            frontier, result = list(events[i].users), False
+            while frontier and not result:
+                u = events[frontier.pop()]
+                if is_relu(u) or transparent(u) or _passthrough_source(u) is not None:
+                    frontier.extend(u.users)
+                elif is_add(u):
+                    result = add_feeds_integer(u.index)
+                else:
+                    result = not is_norm(u)
+            feeds_memo[i] = result
+        return feeds_memo[i]
+
     for ev in events:
         if isinstance(ev.module, QuantConv2d | QuantLinear):
             if ev.inputs:
                 want(ev.inputs[0])
-            if with_outputs:
+            # ONNX Runtime's integer conv needs Q on its output (DQ -> Conv -> Q = QLinearConv); its integer
+            # matmuls do not (MatMulIntegerToFloat, QGemm with a float output): a linear's output is
+            # quantized only where a consumer wants it, never for a float GELU or LayerNorm alone.
+            if with_outputs and isinstance(ev.module, QuantConv2d):
                 want_output(ev.index)
-        elif isinstance(ev.module, qnn.Add) or (ev.kind == "function" and ev.name in _ADD_FUNCS):
+        elif is_add(ev):
             ops = ev.inputs[:2]
-            if (len(ops) == 2 and all(activation(i) and events[i].small for i in ops)
-                    and events[ops[0]].shape == events[ops[1]].shape):
+            if not with_outputs or add_feeds_integer(ev.index):
                 for i in ops:
                     want(i)
                 if with_outputs:

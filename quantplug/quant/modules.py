@@ -16,7 +16,8 @@ from torch import nn
 
 from .quantizer import ActQuantizer, WeightQuantizer
 
-__all__ = ["QuantAdd", "QuantConcat", "QuantConv2d", "QuantEmbedding", "QuantLinear", "QUANT_WRAPPERS"]
+__all__ = ["MultiheadAttention", "QuantAdd", "QuantConcat", "QuantConv2d", "QuantEmbedding", "QuantLinear",
+           "QUANT_WRAPPERS"]
 
 
 class _WeightQuantMixin:
@@ -127,6 +128,72 @@ class QuantConcat(nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.quant(t) for t in tensors], dim=self.dim)
+
+
+class MultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` as explicit layers: three ``nn.Linear`` projections, two ``torch.bmm``
+    and the output projection, so that ``prepare`` quantizes them like any other linear and matmul
+    (``nn.MultiheadAttention`` calls ``F.multi_head_attention_forward`` on raw parameters, which no
+    quantizer can reach: its projections stayed float). Same results as the module it replaces."""
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        e, h = mha.embed_dim, mha.num_heads
+        self.embed_dim, self.num_heads, self.head_dim = e, h, e // h
+        self.batch_first, self.dropout = mha.batch_first, mha.dropout
+        kw: Any = {"device": mha.out_proj.weight.device, "dtype": mha.out_proj.weight.dtype}
+        bias = mha.in_proj_bias
+        self.q_proj = nn.Linear(e, e, bias is not None, **kw)
+        self.k_proj = nn.Linear(mha.kdim, e, bias is not None, **kw)
+        self.v_proj = nn.Linear(mha.vdim, e, bias is not None, **kw)
+        with torch.no_grad():
+            if mha._qkv_same_embed_dim:
+                weights = mha.in_proj_weight.chunk(3)  # type: ignore[union-attr]
+            else:
+                weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)  # type: ignore[assignment]
+            for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
+                proj.weight.copy_(weights[i])
+                if bias is not None:
+                    proj.bias.copy_(bias.chunk(3)[i])
+        self.out_proj = nn.Linear(e, e, mha.out_proj.bias is not None, **kw)
+        self.out_proj.load_state_dict(mha.out_proj.state_dict())
+
+    @staticmethod
+    def supports(mha: nn.MultiheadAttention) -> bool:
+        return mha.bias_k is None and not mha.add_zero_attn
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        tgt, n = query.shape[0], query.shape[1]
+        src = key.shape[0]
+        h, d = self.num_heads, self.head_dim
+        q = self.q_proj(query).reshape(tgt, n * h, d).transpose(0, 1)
+        k = self.k_proj(key).reshape(src, n * h, d).transpose(0, 1)
+        v = self.v_proj(value).reshape(src, n * h, d).transpose(0, 1)
+        scores = torch.bmm(q, k.transpose(1, 2)) * (float(d) ** -0.5)
+        mask = attn_mask
+        if mask is None and is_causal:
+            mask = torch.ones(tgt, src, dtype=torch.bool, device=query.device).triu(1)
+        if mask is not None:
+            mask = mask.reshape(-1, tgt, src) if mask.dim() == 3 else mask
+            scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        if key_padding_mask is not None:
+            pad = key_padding_mask.reshape(n, 1, 1, src)
+            scores = scores.reshape(n, h, tgt, src)
+            scores = (scores.masked_fill(pad, float("-inf")) if pad.dtype == torch.bool else scores + pad)
+            scores = scores.reshape(n * h, tgt, src)
+        attn = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
+        out = self.out_proj(torch.bmm(attn, v).transpose(0, 1).reshape(tgt, n, self.embed_dim))
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        weights = attn.reshape(n, h, tgt, src)
+        return out, weights.mean(dim=1) if average_attn_weights else weights
 
 
 QUANT_WRAPPERS = (QuantConv2d, QuantLinear, QuantEmbedding)

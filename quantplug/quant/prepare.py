@@ -36,7 +36,15 @@ from ..recipe import QuantRecipe
 from ..registry import Scheme
 from .device import model_device
 from .fold import fold_bn_by_execution, fold_bn_fx, fold_bn_sequential
-from .modules import QUANT_WRAPPERS, QuantAdd, QuantConcat, QuantConv2d, QuantEmbedding, QuantLinear
+from .modules import (
+    QUANT_WRAPPERS,
+    MultiheadAttention,
+    QuantAdd,
+    QuantConcat,
+    QuantConv2d,
+    QuantEmbedding,
+    QuantLinear,
+)
 from .quantizer import ActQuantizer, WeightQuantizer
 
 __all__ = ["PrepareReport", "fallback_message", "prepare", "quantize_outputs", "act_quantizers", "weight_layers", "layer_setting"]
@@ -310,10 +318,18 @@ def fallback_message(model_name: str, report: PrepareReport) -> str:
             "(slower than a captured graph and less accurate); pass example inputs the model runs on")
 
 
+def _decompose_attention(model: nn.Module) -> None:
+    """Each ``nn.MultiheadAttention`` becomes explicit linears and matmuls (same results) that get quantized."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.MultiheadAttention) and MultiheadAttention.supports(module) and name:
+            _set_submodule(model, name, MultiheadAttention(module))
+
+
 def prepare(model: nn.Module, recipe: QuantRecipe, scheme: Scheme,
             example_inputs: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
     """A BN-folded copy of ``model`` with fake quantizers in ``scheme`` (not yet calibrated)."""
     model = copy.deepcopy(model).eval()
+    _decompose_attention(model)
     device = model_device(model)
     try:
         gm: fx.GraphModule | None = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
