@@ -4,9 +4,12 @@ distributed mode, bounded processes and the CLI gate. Runs are a few seconds eac
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -282,3 +285,56 @@ def test_locust_missing_is_one_clear_error(server: TritonServer) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"Error: locust is not installed in {sys.executable}: pip install locust"]
+
+
+def _processes_mentioning(text: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if text in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid():
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_signal_stops_the_whole_run_and_keeps_finished_pairs(server: TritonServer, tmp_path: Path,
+                                                                 sig: signal.Signals) -> None:
+    """The signal goes to the command's process only (locust runs in its own sessions). SIGINT starts out
+    ignored, as in a shell's background job: the command still stops on it."""
+    tmp = tmp_path / "tmp"  # the run's temp folders go here (TMPDIR)
+    tmp.mkdir()
+    out = tmp_path / "partial.json"
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sig == signal.SIGINT else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantplug", "loadtest", "--no-progress", "--url", server.grpc_url, "--baseline",
+         "slow", "--candidate", "fast", "--pairs", "3", "--duration", "2", "--batch-size", "2", "--workers", "1",
+         "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=ignore_sigint,
+        env={**os.environ, "TMPDIR": str(tmp)})
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # wait for the first pair's table, then for its second pair to be loading
+        lines.append(line)
+        if line.startswith("speed-up:"):
+            break
+    deadline = time.monotonic() + 30
+    while not _processes_mentioning(str(tmp)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_mentioning(str(tmp)), "no locust process of pair 2 seen"
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    rest, err = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert proc.returncode == 128 + sig, "".join(lines) + rest + err
+    assert took < 15, f"took {took:.1f} s to stop"
+    assert _processes_mentioning(str(tmp)) == [] and list(tmp.iterdir()) == []  # no locust, no temp folder
+    assert err.strip().splitlines()[-1] == (f"Error: interrupted by {sig.name} after 1 of 3 pairs; every locust "
+                                            "process was ended")
+    result = json.loads(out.read_text())
+    assert result["interrupted"] is True and result["interrupted_by"] == sig.name
+    assert [p["pair"] for p in result["pairs"]] == [1]
+    assert result["baseline"]["requests"] == result["pairs"][0]["baseline"]["requests"] > 0
+    assert result["gate"]["passed"] is False and "after 1 of 3 pairs" in result["gate"]["reason"]
+    assert "summary over 1 of 3 pairs (interrupted)" in rest

@@ -42,28 +42,45 @@ def command(url: str, baseline: str, candidate: str, users: int, spawn_rate: flo
     Runs are alternated (baseline, candidate, baseline, candidate, ...) so both see the same machine
     conditions; each pair's ratio is shown, the summary is the median of the pairs. Percentiles come from
     exact per-request times. Exit code: 0 on success, 1 when the gate fails (failed requests, or a
-    speed-up below --min-speedup), 2 on a usage error.
+    speed-up below --min-speedup), 2 on a usage error, 130/143 when stopped by SIGINT/SIGTERM (every
+    locust process ended, temp folders removed, the pairs finished so far in --json, marked
+    "interrupted": true).
     """
     from ..loadtest import (
         GateFailedError,
+        LoadTestInterrupted,
         format_pair,
         format_summary,
         run_ab,
-        write_html,
-        write_json,
-        write_png,
     )
+    from ..loadtest.interrupt import stop_on_signals
 
     def show_pair(record: dict) -> None:
         click.echo(format_pair(record) + "\n")
 
-    result = run_ab(url, baseline, candidate, pairs=pairs, users=users, spawn_rate=spawn_rate,
-                    duration_s=duration, batch_size=batch_size, workers=workers, warmup_s=warmup,
-                    input_shape=input_shape, inputs=inputs_npz, min_speedup=min_speedup, folder=keep_dir,
-                    progress=not no_progress, on_pair=show_pair)
-    click.echo(format_summary(result))
-    for path, writer in ((json_path, write_json), (png_path, write_png), (html_path, write_html)):
-        if path:
-            click.echo(f"wrote {writer(Path(path), result)}")
+    with stop_on_signals():  # SIGINT and SIGTERM end the locust processes and keep the finished pairs
+        try:
+            result = run_ab(url, baseline, candidate, pairs=pairs, users=users, spawn_rate=spawn_rate,
+                            duration_s=duration, batch_size=batch_size, workers=workers, warmup_s=warmup,
+                            input_shape=input_shape, inputs=inputs_npz, min_speedup=min_speedup, folder=keep_dir,
+                            progress=not no_progress, on_pair=show_pair)
+        except LoadTestInterrupted as stopped:
+            if stopped.result is not None:
+                _write(stopped.result, json_path, png_path, html_path, partial=True)
+            raise
+        click.echo(format_summary(result))
+        _write(result, json_path, png_path, html_path)
     if not result["gate"]["passed"]:
         raise GateFailedError(f"gate failed: {result['gate']['reason']}")
+
+
+def _write(result: dict, json_path: str | None, png_path: str | None, html_path: str | None,
+           partial: bool = False) -> None:
+    """The result files; an interrupted run writes its JSON (``"interrupted": true``), charts only with a pair."""
+    from ..loadtest import format_summary, write_html, write_json, write_png
+
+    if partial and result["pairs"]:
+        click.echo(format_summary(result))
+    for path, writer in ((json_path, write_json), (png_path, write_png), (html_path, write_html)):
+        if path and (writer is write_json or result["pairs"]):
+            click.echo(f"wrote {writer(Path(path), result)}")

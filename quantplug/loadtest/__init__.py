@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
-from .api import GateFailedError, check_gate, run_ab, run_load
+from .api import GateFailedError, LoadTestInterrupted, check_gate, run_ab, run_load
 from .report import format_pair, format_summary, write_html, write_json, write_png
 from .stats import RunStats
 
 __all__ = [
     "GateFailedError",
+    "LoadTestInterrupted",
     "RunStats",
     "check_gate",
     "format_pair",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,14 +23,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LoadTestError
+from ..workdirs import clean_stale, make_workdir
 from .inputs import make_arrays, parse_input_shape
+from .interrupt import Interrupted, LoadTestInterrupted, signal_of
 from .machine import machine_info
 from .preflight import describe_model, request_specs, server_version, warm_up
 from .runner import check_locust, run_locust
 from .stats import RunStats, compute_stats, median_or_none, pool_stats, ratio
 from .timings import Timings, read_timings
 
-__all__ = ["run_load", "run_ab", "check_gate", "GateFailedError"]
+__all__ = ["run_load", "run_ab", "check_gate", "GateFailedError", "LoadTestInterrupted"]
+
+
+_WORKDIR_PREFIX = "quantplug-loadtest-"
 
 
 class GateFailedError(LoadTestError):
@@ -124,11 +129,16 @@ def run_load(url: str, model: str, *, users: int = 2, spawn_rate: float | None =
     """
     rate = _check_numbers(users, spawn_rate, duration_s, batch_size, workers, warmup_s)
     check_locust()
-    with _workdir(folder) as work:
-        prepared = _Prepared(url, model, batch_size, input_shape, inputs, work)
-        return _one_run(url, prepared, work / "run-1", users=users, spawn_rate=rate, duration_s=duration_s,
-                        batch_size=batch_size, workers=workers, warmup_s=warmup_s, input_shape=input_shape,
-                        grpc_timeout_s=grpc_timeout_s)[1]
+    try:
+        with _workdir(folder) as work:
+            prepared = _Prepared(url, model, batch_size, input_shape, inputs, work)
+            return _one_run(url, prepared, work / "run-1", users=users, spawn_rate=rate, duration_s=duration_s,
+                            batch_size=batch_size, workers=workers, warmup_s=warmup_s, input_shape=input_shape,
+                            grpc_timeout_s=grpc_timeout_s)[1]
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = signal_of(e)
+        raise LoadTestInterrupted(f"interrupted by {signal.Signals(signum).name}; every locust process was ended",
+                                  signum) from None
 
 
 def run_ab(url: str, baseline: str, candidate: str, *, pairs: int = 3, users: int = 2,
@@ -144,6 +154,10 @@ def run_ab(url: str, baseline: str, candidate: str, *, pairs: int = 3, users: in
     medians of the per-pair ratios (runs share a noisy machine; a pair is measured under similar load);
     ``baseline``/``candidate`` pool all their runs (percentiles over every exact time).
     ``on_pair`` is called with each pair's record as soon as it is measured.
+
+    SIGINT (``KeyboardInterrupt``) or :class:`~quantplug.loadtest.interrupt.Interrupted` (SIGTERM too,
+    under :func:`~quantplug.loadtest.interrupt.stop_on_signals`) ends the locust processes and raises
+    :class:`LoadTestInterrupted` whose ``result`` holds the pairs finished so far (``"interrupted": true``).
     """
     rate = _check_numbers(users, spawn_rate, duration_s, batch_size, workers, warmup_s, pairs)
     check_locust()
@@ -151,45 +165,52 @@ def run_ab(url: str, baseline: str, candidate: str, *, pairs: int = 3, users: in
         raise ConfigError(f"bad min speed-up {min_speedup!r}: use a number > 0, e.g. 2.0")
     machine = machine_info()
     started = time.time()
+    models: dict[str, _Prepared] = {}
+    runs: dict[str, list[tuple[Timings, RunStats]]] = {"baseline": [], "candidate": []}
+    pair_records: list[dict[str, Any]] = []
+    stopped_by: BaseException | None = None
     with _workdir(folder) as work:
-        models = {role: _Prepared(url, name, batch_size, input_shape, inputs, work)
-                  for role, name in (("baseline", baseline), ("candidate", candidate))}
-        runs: dict[str, list[tuple[Timings, RunStats]]] = {"baseline": [], "candidate": []}
-        pair_records: list[dict[str, Any]] = []
-        from tqdm.auto import tqdm
+        try:
+            for role, name in (("baseline", baseline), ("candidate", candidate)):
+                models[role] = _Prepared(url, name, batch_size, input_shape, inputs, work)
+            from tqdm.auto import tqdm
 
-        seq = 0
-        with tqdm(total=2 * pairs, desc=f"loadtest {baseline} vs {candidate}", unit="run", disable=not progress,
-                  leave=False) as bar:
-            for i in range(1, pairs + 1):
-                record: dict[str, Any] = {"pair": i, "order": []}
-                for role in ("baseline", "candidate"):
-                    seq += 1
-                    bar.set_postfix_str(f"pair {i} {role}")
-                    timings, stats = _one_run(url, models[role], work / f"run-{seq}-{role}", users=users,
-                                              spawn_rate=rate, duration_s=duration_s, batch_size=batch_size,
-                                              workers=workers, warmup_s=warmup_s, input_shape=input_shape,
-                                              grpc_timeout_s=grpc_timeout_s)
-                    runs[role].append((timings, stats))
-                    record["order"].append(role)
-                    record[role] = {"run": seq, **stats.to_dict()}
-                    bar.update(1)
-                record["speedup_throughput"] = ratio(record["candidate"]["throughput_rps"],
-                                                     record["baseline"]["throughput_rps"])
-                record["speedup_p50"] = ratio(record["baseline"]["p50_ms"], record["candidate"]["p50_ms"])
-                pair_records.append(record)
-                if on_pair is not None:
-                    on_pair(record)
-        pooled = {role: pool_stats(runs[role], warmup_s) for role in runs}
+            seq = 0
+            with tqdm(total=2 * pairs, desc=f"loadtest {baseline} vs {candidate}", unit="run",
+                      disable=not progress, leave=False) as bar:
+                for i in range(1, pairs + 1):
+                    record: dict[str, Any] = {"pair": i, "order": []}
+                    for role in ("baseline", "candidate"):
+                        seq += 1
+                        bar.set_postfix_str(f"pair {i} {role}")
+                        timings, stats = _one_run(url, models[role], work / f"run-{seq}-{role}", users=users,
+                                                  spawn_rate=rate, duration_s=duration_s, batch_size=batch_size,
+                                                  workers=workers, warmup_s=warmup_s, input_shape=input_shape,
+                                                  grpc_timeout_s=grpc_timeout_s)
+                        runs[role].append((timings, stats))
+                        record["order"].append(role)
+                        record[role] = {"run": seq, **stats.to_dict()}
+                        bar.update(1)
+                    record["speedup_throughput"] = ratio(record["candidate"]["throughput_rps"],
+                                                         record["baseline"]["throughput_rps"])
+                    record["speedup_p50"] = ratio(record["baseline"]["p50_ms"], record["candidate"]["p50_ms"])
+                    pair_records.append(record)
+                    if on_pair is not None:
+                        on_pair(record)
+        except (Interrupted, KeyboardInterrupt) as e:  # the runner killed its locust groups on the way out
+            stopped_by = e
+        done = len(pair_records)  # a half-finished pair is left out
+        pooled = {role: pool_stats(runs[role][:done], warmup_s) if done else None for role in runs}
     result: dict[str, Any] = {
-        "baseline": pooled["baseline"].to_dict(),
-        "candidate": pooled["candidate"].to_dict(),
+        "baseline": pooled["baseline"].to_dict() if pooled["baseline"] else None,
+        "candidate": pooled["candidate"].to_dict() if pooled["candidate"] else None,
         "pairs": pair_records,
         "speedup_throughput": median_or_none([p["speedup_throughput"] for p in pair_records]),
         "speedup_p50": median_or_none([p["speedup_p50"] for p in pair_records]),
-        "failures": pooled["baseline"].failures + pooled["candidate"].failures,
+        "failures": sum(p.failures for p in pooled.values() if p),
+        "interrupted": stopped_by is not None,
         "machine": machine,
-        "server": {"url": url, **server_version(url)},
+        "server": {"url": url},
         "settings": {
             "users": users, "spawn_rate": rate, "duration_s": duration_s, "warmup_s": warmup_s,
             "batch_size": batch_size, "pairs": pairs, "workers": workers, "grpc_timeout_s": grpc_timeout_s,
@@ -201,6 +222,15 @@ def run_ab(url: str, baseline: str, candidate: str, *, pairs: int = 3, users: in
             "started_at": started, "wall_s": round(time.time() - started, 3),
         },
     }
+    if stopped_by is not None:
+        signum = signal_of(stopped_by)
+        name = signal.Signals(signum).name
+        result["interrupted_by"] = name
+        result["gate"] = {"min_speedup": min_speedup, "passed": False,
+                          "reason": f"interrupted by {name} after {done} of {pairs} pairs"}
+        raise LoadTestInterrupted(f"interrupted by {name} after {done} of {pairs} pairs; every locust process "
+                                  "was ended", signum, result) from None
+    result["server"].update(server_version(url))
     passed, reason = check_gate(result, min_speedup)
     result["gate"] = {"min_speedup": min_speedup, "passed": passed, "reason": reason}
     return result
@@ -224,13 +254,14 @@ def check_gate(result: Mapping[str, Any], min_speedup: float | None) -> tuple[bo
 
 @contextmanager
 def _workdir(folder: str | Path | None) -> Iterator[Path]:
-    """The given folder (kept) or a temporary one (removed afterwards)."""
+    """The given folder (kept) or a temporary one (removed afterwards, or by the next run after a SIGKILL)."""
     if folder is not None:
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    path = Path(tempfile.mkdtemp(prefix="quantplug-loadtest-"))
+    clean_stale(_WORKDIR_PREFIX)  # the folders of runs that were SIGKILLed
+    path = make_workdir(_WORKDIR_PREFIX)
     try:
         yield path
     finally:

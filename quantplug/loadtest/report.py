@@ -53,7 +53,9 @@ def format_pair(record: Mapping[str, Any]) -> str:
 def format_summary(result: Mapping[str, Any]) -> str:
     """All runs pooled per model, the summary speed-ups, failures and the gate."""
     s = result["settings"]
-    lines = [f"summary over {s['pairs']} pairs ({s['users']} users, batch {s['batch_size']}, "
+    done = (f"{len(result['pairs'])} of {s['pairs']} pairs (interrupted)" if result.get("interrupted")
+            else f"{s['pairs']} pairs")
+    lines = [f"summary over {done} ({s['users']} users, batch {s['batch_size']}, "
              f"{s['duration_s']} s per run, {s['workers']} workers; speed-ups are medians of per-pair ratios)",
              format_table(_rows(result), _COLUMNS),
              f"speed-up: throughput {_x(result['speedup_throughput'])}, p50 {_x(result['speedup_p50'])}"]

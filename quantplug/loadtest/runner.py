@@ -1,6 +1,8 @@
 """Run locust as bounded subprocesses: one standalone process, or a master plus N workers on 127.0.0.1.
 
-Each locust process runs in its own session (process group). A run ends when the processes exit by
+Each locust process runs in its own session (process group) and gets SIGKILL if the process that
+started it dies (Linux: PR_SET_PDEATHSIG), so even a SIGKILLed ``quantplug loadtest`` leaves no load
+generator behind; SIGINT/SIGTERM are held while a child is started and listed. A run ends when the processes exit by
 themselves; past its time bound, or when the timings are complete and a process still lingers at exit
 (seen with tritonclient over gRPC: the summary printed, then SIGTERM ignored), the group is killed with
 SIGKILL and the run says so in its notes.
@@ -8,6 +10,7 @@ SIGKILL and the run says so in its notes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -54,6 +57,19 @@ class LocustRun:
     wall_s: float
     notes: list[str] = field(default_factory=list)
     log_tail: str = ""
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _own_session() -> None:  # in the child: its own process group, and SIGKILL if this process dies
+    os.setsid()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -136,9 +152,14 @@ def run_locust(
         for name, cmd in commands:
             log = folder / f"{name}.log"
             logs.append(log)
-            with open(log, "wb") as out:
-                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              env=env, start_new_session=True))
+            # a signal between the fork and the append would orphan the child: hold it until it is listed
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                with open(log, "wb") as out:
+                    procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                                  stdin=subprocess.DEVNULL, env=env, preexec_fn=_own_session))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         done_at: float | None = None
         while any(p.poll() is None for p in procs):
             now = time.monotonic()
