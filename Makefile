@@ -28,6 +28,7 @@ test: lint typecheck
 
 bench: install
 	$(BIN)/quantplug bench --output bench-results
+	$(BIN)/quantplug bench --zoo --output bench-results
 
 clean:
 	rm -rf $(VENV) model_repository/* .quantplug-cache bench-results

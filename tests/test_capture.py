@@ -202,3 +202,18 @@ def test_multihead_attention_becomes_quantizable_layers_with_the_same_results(re
     coverage = integer_share(path, {"input": example[0].numpy()})
     projections = [layer for layer in coverage.layers if "proj" in layer.node and layer.integer]
     assert len(projections) >= 4 and coverage.share > 0.8
+
+
+def test_zoo_rows_and_files(tmp_path: Path) -> None:
+    import json
+
+    from quantplug.bench.zoo import run_zoo, write_zoo
+
+    rows = run_zoo(("segmenter",), batch=2, rounds=1, reps=1, calib_batches=2, progress=False)
+    (row,) = rows
+    assert row["model"] == "segmenter" and row["capture"] == "fx" and row["placement"] == "current"
+    assert 0.8 < row["integer_share"] <= 1 and 0 < row["peer_integer_share"] <= 1
+    assert 0 <= row["top1_agreement"] <= 100 and row["int8_over_fp32"] > 0 and row["peer_over_fp32"] > 0
+    path = write_zoo(rows, tmp_path / "out", {"batch": 2})
+    assert json.loads(path.read_text())["rows"] == rows
+    assert "| segmenter | fx |" in (tmp_path / "out" / "zoo.md").read_text()

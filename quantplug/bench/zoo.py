@@ -215,3 +215,30 @@ def run_zoo(names: tuple[str, ...] = ZOO, *, batch: int = 8, threads: int = 2, r
         if progress:
             print({k: v for k, v in row.items() if k != "warnings"}, flush=True)
     return rows
+
+
+def format_zoo(rows: list[dict[str, Any]]) -> str:
+    """The zoo as a Markdown table."""
+    head = ("| model | capture | integer share | top-1 vs FP32 | INT8/FP32 time | peer integer share | "
+            "peer top-1 | peer/FP32 time |\n|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        peer = (f"{r['peer_integer_share']:.0%} | {r['peer_top1_agreement']:.1f}% | {r['peer_over_fp32']:.2f}"
+                if "peer_over_fp32" in r else "- | - | -")
+        lines.append(f"| {r['model']} | {r['capture']} | {r['integer_share']:.0%} | {r['top1_agreement']:.1f}% | "
+                     f"{r['int8_over_fp32']:.2f} | {peer} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_zoo(rows: list[dict[str, Any]], output: Path, settings: dict[str, Any]) -> Path:
+    """``output/zoo.json`` (rows and settings) and ``output/zoo.md``, each via a temporary file."""
+    import json
+
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "zoo.json"
+    for target, text in ((path, json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n"),
+                         (output / "zoo.md", format_zoo(rows))):
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    return path

@@ -32,14 +32,20 @@ import click
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
               show_default=True, help="Folder for bench.json, bench.md, the models and the served repository.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--zoo", is_flag=True, help="Instead: the model zoo (Hugging Face architectures from small configs "
+              "and a segmenter, captured as they come): integer share, top-1 agreement, INT8/FP32 time and "
+              "the peer, into OUTPUT/zoo.json and zoo.md.")
 def command(workloads: str, batch: int, pairs: int | None, duration: float | None, users: int, threads: int | None,
             calibrator: str | None, calib_batches: int | None, calib_batch_size: int | None,
             no_served_peer: bool, quick: bool, output: Path,
-            no_progress: bool) -> None:
+            no_progress: bool, zoo: bool) -> None:
     """Benchmark each workload: FP32, quantplug INT8 (static PTQ; minilm also dynamic) and ONNX Runtime's own
     quantize_static output as a peer, in-process (ONNX Runtime, alternated rounds, at --batch and batch 1)
     and served (embedded Triton, locust A/B pairs at --batch), plus quality on the held-out test set.
     Writes OUTPUT/bench.json and OUTPUT/bench.md and prints the table with each target met or not met."""
+    if zoo:
+        _zoo(output, batch, threads, calib_batches, quick, not no_progress)
+        return
     from ..bench import BenchConfig, run_bench
     from ..bench.report import format_markdown
 
@@ -61,3 +67,15 @@ def command(workloads: str, batch: int, pairs: int | None, duration: float | Non
     data = run_bench(cfg)
     click.echo(format_markdown(data))
     click.echo(f"wrote {cfg.output / 'bench.json'} and {cfg.output / 'bench.md'}")
+
+
+def _zoo(output: Path, batch: int, threads: int | None, calib_batches: int | None, quick: bool, progress: bool) -> None:
+    from ..bench.zoo import ZOO, format_zoo, run_zoo, write_zoo
+
+    settings = {"batch": batch, "threads": threads or 2, "rounds": 2 if quick else 5, "reps": 3 if quick else 5,
+                "calib_batches": calib_batches or (4 if quick else 16)}
+    rows = run_zoo(ZOO, batch=batch, threads=settings["threads"], rounds=settings["rounds"], reps=settings["reps"],
+                   calib_batches=settings["calib_batches"], progress=progress)
+    path = write_zoo(rows, output, settings)
+    click.echo(format_zoo(rows))
+    click.echo(f"wrote {path}")
