@@ -134,7 +134,7 @@ def export_qdq(qmodel: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
 
     Weights are stored as INT8/INT4 initializers + DequantizeLinear; activations as Q/DQ pairs. INT4
     weights need opset 21. For runtimes whose integer kernels need it, biases become INT32 + DQ. For
-    ``tensorrt`` the TensorRT QDQ rules are checked (:func:`quantplug.export.tensorrt.check_tensorrt_rules`).
+    ``tensorrt`` the TensorRT QDQ rules are checked (its backend's ``check_onnx``).
     """
     from ..registry import build_registry
 
@@ -169,9 +169,7 @@ def export_qdq(qmodel: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
         quantize_biases(proto)
         gather_then_dequantize(proto)
     if check:
-        from .tensorrt import TARGET_CHECKS
-
-        target_check = getattr(registry.backend(target), "check_onnx", None) or TARGET_CHECKS.get(target)
+        target_check = registry.backend(target).check_onnx  # the backend's own rules (None: none)
         if target_check is not None:
             target_check(proto)
     from .metadata import stamp_scheme
