@@ -26,8 +26,11 @@ def register_methods(register: Register) -> None:
 
     Runs once, when a :class:`quantplug.registry.Registry` is built from the plugin manager.
     Call ``register(method)`` for each method object; a method has a unique ``name`` (str), a one-line
-    ``description``, and ``apply(model, recipe, context) -> torch.nn.Module`` (see
-    :class:`quantplug.registry.Method`). Return nothing.
+    ``description``, and ``apply(model, recipe, context) -> torch.nn.Module``; ``context`` is a
+    :class:`quantplug.QuantContext` (the method API). Optional members (``needs_*``, ``prepare``,
+    ``calibration_only``, ``cost``) default as declared in :data:`quantplug.registry.CONTRACTS`; a
+    missing required member is an error naming the plugin (see :class:`quantplug.registry.Method`).
+    Return nothing.
     """
 
 
@@ -46,8 +49,9 @@ def register_backends(register: Register) -> None:
     """Register export/serving backends (a runtime and the quantization scheme it executes fast).
 
     Runs once per registry. Call ``register(backend)``; a backend has a ``name``, a ``scheme``
-    (:class:`quantplug.registry.Scheme`) and ``write_model(...)`` that fills a Triton model folder
-    (see :class:`quantplug.registry.Backend`). Return nothing.
+    (:class:`quantplug.registry.Scheme`), ``configure(...)`` and ``write_model(...)`` that fill a Triton
+    model folder, and optionally ``check_onnx(model_proto)`` with the runtime's rules over the exported
+    graph (see :class:`quantplug.registry.Backend`). Return nothing.
     """
 
 

@@ -144,7 +144,7 @@ def quantize_to_dir(source: Any, recipe: QuantRecipe, output_dir: str | os.PathL
             "weight_bits": recipe.weight_bits, "activation_bits": recipe.activation_bits,
             "metric": getattr(source, "metric", None),
         }
-        if evaluate and (getattr(source, "has_test_set", lambda: True)()) and hasattr(source, "test_set"):
+        if evaluate and (getattr(source, "has_test_set", lambda: True)()) and getattr(source, "test_set", None) is not None:
             t = time.perf_counter()
             metrics.update(_evaluate(source, fp_model, qmodel, fp32_path, model_path, ins))
             _emit(pm, "evaluate", time.perf_counter() - t, info, stages)
@@ -173,6 +173,7 @@ def quantize_to_dir(source: Any, recipe: QuantRecipe, output_dir: str | os.PathL
             },
             "integer": _integer_share(model_path, example, ins),
             "train": {k: v for k, v in log.items() if k in ("train_loss", "train_lr")},
+            "method_log": json.loads(json.dumps(log, default=str)),  # what the method put in context.log
         })
         recipe.save(tmp / "recipe.json")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -22,6 +22,7 @@ __all__ = [
     "Calibrator",
     "Contract",
     "Method",
+    "MethodCost",
     "Registry",
     "Scheme",
     "Workload",
@@ -96,10 +97,21 @@ class Contract:
         return absent
 
 
+@dataclass(frozen=True)
+class MethodCost:
+    """What choosing a method costs, declared by the method: a rank (cheaper first; ``advise`` and
+    ``tune`` order methods by it), the cost in words (``{epochs}`` is filled in) and the data it needs."""
+
+    rank: int
+    cost: str
+    needs: str
+
+
 CONTRACTS: dict[str, Contract] = {
     "methods": Contract(
         "method", ("name", "description"), ("apply",),
-        {"needs_training_data": False, "needs_labels": False, "needs_calibration": True, "prepare": None},
+        {"needs_training_data": False, "needs_labels": False, "needs_calibration": True, "prepare": None,
+         "calibration_only": False, "cost": None},
         "name, description, apply(model, recipe, context)"),
     "calibrators": Contract(
         "calibrator", ("name", "description"), ("compute_range",), {"with_recipe": None},
@@ -111,7 +123,7 @@ CONTRACTS: dict[str, Contract] = {
     "workloads": Contract(
         "workload", ("name", "description"), ("build_model", "example_inputs", "calibration_batches"),
         {"metric": "accuracy", "input_names": ("input",), "output_names": ("output",), "has_labels": True,
-         "train_lr": 1e-3, "train_batches": None, "loss": None, "test_set": None, "score": None},
+         "train_lr": 1e-3, "train_batches": None, "loss": None},
         "name, description, build_model(seed, progress), example_inputs(batch_size), "
         "calibration_batches(batch_size, seed)"),
 }
@@ -125,7 +137,9 @@ class Method(Protocol):
     prepared (BN-folded, fake-quant inserted) model and a :class:`quantplug.QuantContext` and returns the
     quantized module. Optional (defaults in :data:`CONTRACTS`): ``needs_training_data`` (False),
     ``needs_labels`` (False), ``needs_calibration`` (True), ``prepare(model, recipe, scheme,
-    example_inputs)`` (None: the engine's prepare).
+    example_inputs)`` (None: the engine's prepare), ``calibration_only`` (False; True when ``apply`` is
+    exactly ``context.calibrate(model)``, so ``tune`` may build it for every calibrator from one shared
+    histogram pass), ``cost`` (None: a :class:`MethodCost` for ``advise`` and ``tune``'s order).
     """
 
     name: str
@@ -134,6 +148,8 @@ class Method(Protocol):
     needs_labels: bool
     needs_calibration: bool
     prepare: Callable[..., Any] | None
+    calibration_only: bool
+    cost: MethodCost | None
 
     def apply(self, model: Any, recipe: Any, context: Any) -> Any: ...
 
@@ -178,8 +194,8 @@ class Workload(Protocol):
     """A model factory, its data (calibration, training, held-out test) and its metric (docs/internals.md).
 
     Optional members and their defaults are in :data:`CONTRACTS` (``metric="accuracy"``, ``input_names``,
-    ``output_names``, ``has_labels=True``, ``train_lr=1e-3``, ``train_batches``, ``loss``, ``test_set``,
-    ``score``: None when absent).
+    ``output_names``, ``has_labels=True``, ``train_lr=1e-3``, ``train_batches`` and ``loss``: None when
+    absent). ``test_set()`` and ``score(outputs, targets)`` come together or not at all.
     """
 
     name: str
@@ -191,14 +207,17 @@ class Workload(Protocol):
     train_lr: float
     train_batches: Callable[..., Any] | None
     loss: Callable[..., Any] | None
-    test_set: Callable[[], Any] | None
-    score: Callable[..., Any] | None
 
     def build_model(self, seed: int = 0, progress: bool = True) -> Any: ...
 
     def example_inputs(self, batch_size: int = 1) -> Any: ...
 
     def calibration_batches(self, batch_size: int, seed: int = 0) -> Any: ...
+
+    # Evaluation (optional: a workload without a held-out test set has neither; check with hasattr).
+    def test_set(self) -> tuple[dict[str, Any], Any]: ...
+
+    def score(self, outputs: Any, targets: Any) -> dict[str, float]: ...
 
 
 class _Declared:

@@ -93,3 +93,57 @@ def test_readme_lists_every_command_with_its_purpose():
     table = readme.split("## Commands", 1)[1].split("\n\n", 2)[1]
     listed = re.findall(r"^\| `quantplug ([a-z-]+)` \|", table, re.M)
     assert listed == sorted(build_cli().commands), "README's command table differs from the CLI"
+
+
+_RUN_METHOD = """
+import json, torch, quantplug
+from torch import nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(),
+                      nn.Linear(16, 3)).eval()
+x = torch.randn(64, 1, 8, 8)
+y = model(x).argmax(1)
+calib = [(x[i:i + 16],) for i in range(0, 64, 16)]
+train = [((x[i:i + 16],), y[i:i + 16]) for i in range(0, 64, 16)]
+recipe = quantplug.QuantRecipe(method="tail-qat", calib_batches=4, qat_epochs=2, extra={"tail_layers": 1})
+q = quantplug.quantize(model, recipe, calib, train, progress=False)
+first = [m for m in q.modules() if hasattr(m, "weight_quant")][0]
+last = [m for m in q.modules() if hasattr(m, "weight_quant")][-1]
+print(json.dumps({"log": q.quantplug_log["tail_qat"], "train": sorted(q.quantplug_log["train_loss"]),
+                  "first_same": bool(torch.equal(first.weight, model[0].weight)),
+                  "last_same": bool(torch.equal(last.weight, model[5].weight)),
+                  "modes": sorted({a.mode for a in quantplug.QuantContext.activation_quantizers(q)})}))
+try:
+    quantplug.quantize(model, recipe.replace(extra={"tail_layers": 0}), calib, train, progress=False)
+except quantplug.ConfigError as e:
+    print(e)
+"""
+
+
+def test_documented_method_plugin_installs_and_runs(tmp_path):
+    doc = PLUGINS_DOC.read_text()
+    src = tmp_path / "quantplug-tail-qat"
+    src.mkdir()
+    (src / "pyproject.toml").write_text(_code_block(doc, "`pyproject.toml` (method):", "toml"))
+    (src / "quantplug_tail_qat.py").write_text(_code_block(doc, "`quantplug_tail_qat.py`:", "python"))
+    site = tmp_path / "site"
+    pip_install_target(src, site)
+    env = {"PYTHONPATH": str(site), "QUANTPLUG_LOAD_PLUGINS": "tail_qat"}
+
+    result = run_cli("plugins", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["tail_qat"]["methods"] == ["tail-qat"] and rows["tail_qat"]["distribution"] == "quantplug-tail-qat"
+
+    import os
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _RUN_METHOD], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    seen = json.loads(lines[0])
+    assert seen["log"]["trained_layers"] == ["5"] and seen["log"]["activation_quantizers"] >= 3
+    assert seen["train"] == ["tail-qat"] and seen["modes"] == ["quant"]
+    assert seen["first_same"] and not seen["last_same"]  # only the tail was fine-tuned
+    assert lines[1] == "recipe extra tail_layers=0 must be a positive integer"

@@ -234,3 +234,50 @@ def test_trace_switch_prints_hook_calls():
 def test_every_kind_has_a_register_hook(pm):
     for kind in KINDS:
         assert hasattr(pm.hook, f"register_{kind}")
+
+
+# Modules a plugin distribution may import from, with the names it may take from each (their __all__).
+PUBLIC_MODULES = ("quantplug", "quantplug.errors", "quantplug.registry", "quantplug.export")
+
+
+def _private_quantplug_imports(path) -> list[str]:
+    import ast
+    import importlib
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "quantplug" and alias.name not in PUBLIC_MODULES:
+                    found.append(f"{path}:{node.lineno}: import {alias.name}")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] != "quantplug":
+                continue
+            if node.module not in PUBLIC_MODULES:
+                found.append(f"{path}:{node.lineno}: from {node.module} import ...")
+                continue
+            public = set(importlib.import_module(node.module).__all__)
+            found += [f"{path}:{node.lineno}: from {node.module} import {a.name} (not in its __all__)"
+                      for a in node.names if a.name not in public]
+    return found
+
+
+def test_plugin_distributions_import_only_public_quantplug_names():
+    from .conftest import ROOT
+
+    dists = [d for d in sorted((ROOT / "plugins").iterdir()) if (d / "pyproject.toml").is_file()]
+    assert dists, "no plugin distributions under plugins/"
+    sources = [p for d in dists for p in d.rglob("*.py")
+               if not {"tests", "build"} & set(p.relative_to(d).parts) and ".egg-info" not in str(p)]
+    assert any("quantplug_lsq" in str(p) for p in sources)
+    private = [hit for p in sources for hit in _private_quantplug_imports(p)]
+    assert not private, "plugin distributions import private quantplug modules:\n" + "\n".join(private)
+
+
+def test_the_private_import_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from quantplug.quant.train import finetune\nimport quantplug.quant.prepare\n"
+                   "from quantplug import hookimpl, _LAZY\nfrom quantplug.errors import ConfigError\n")
+    assert [h.split(": ", 1)[1] for h in _private_quantplug_imports(bad)] == [
+        "from quantplug.quant.train import ...", "import quantplug.quant.prepare",
+        "from quantplug import _LAZY (not in its __all__)"]

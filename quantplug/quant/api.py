@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..recipe import QuantRecipe
-from ..registry import Registry, build_registry
+from ..registry import Registry, build_registry, declared
 from .calibrate import as_inputs, compute_ranges
 from .context import QuantContext, peek
 from .device import model_device, to_device
@@ -33,9 +33,9 @@ def scheme_for(recipe: QuantRecipe, registry: Registry) -> Any:
 
 def _workload_data(recipe: QuantRecipe, workload: Any, calib_data: Any, train_data: Any) -> tuple[Any, Any]:
     if workload is not None:
-        if calib_data is None and hasattr(workload, "calibration_batches"):
+        if calib_data is None:
             calib_data = workload.calibration_batches(recipe.calib_batch_size, seed=recipe.seed)
-        if train_data is None and hasattr(workload, "train_batches"):
+        if train_data is None and workload.train_batches is not None:
             size = recipe.train_batch_size
 
             def train_data(epoch: int) -> Any:
@@ -58,12 +58,13 @@ def quantize(model: nn.Module, recipe: QuantRecipe, calib_data: Any = None, trai
     from ..cpu import resolve_cpu
 
     registry = registry or build_registry()
+    workload = declared("workloads", workload)  # optional members read as their declared defaults
     recipe = recipe.replace(cpu=resolve_cpu(recipe.cpu))  # recipe.json records the CPU it is exact on
     method = registry.method(recipe.method)
     registry.calibrator(recipe.calibrator)  # unknown names fail before any work
     scheme = scheme_for(recipe, registry)
     calib_data, train_data = _workload_data(recipe, workload, calib_data, train_data)
-    needs_calibration = getattr(method, "needs_calibration", True)
+    needs_calibration = method.needs_calibration
     example: tuple[torch.Tensor, ...] | None = None
     if calib_data is not None:
         source = calib_data() if callable(calib_data) else calib_data
@@ -73,17 +74,17 @@ def quantize(model: nn.Module, recipe: QuantRecipe, calib_data: Any = None, trai
         from ..errors import CalibrationError
 
         raise CalibrationError(f"method {method.name!r} needs calibration data; pass calib_data or a workload")
-    if getattr(method, "needs_training_data", False) and train_data is None:
+    if method.needs_training_data and train_data is None:
         raise ConfigError(f"method {method.name!r} fine-tunes and needs training data; pass train_data or a workload")
-    if getattr(method, "needs_labels", False) and workload is not None and not getattr(workload, "has_labels", True):
+    if method.needs_labels and workload is not None and not workload.has_labels:
         raise ConfigError(f"method {method.name!r} needs labels but workload {workload.name!r} has none; use qad")
     if example is not None:
         _check_runs(model, example)
     torch.manual_seed(recipe.seed)
     teacher = copy.deepcopy(model).eval()
-    prepare_fn = getattr(method, "prepare", None) or prepare
+    prepare_fn = method.prepare or prepare
     prepared = prepare_fn(model, recipe, scheme, example)
-    lr = train_lr if train_lr is not None else float(getattr(workload, "train_lr", 1e-3) or 1e-3)
+    lr = train_lr if train_lr is not None else float((workload.train_lr if workload is not None else None) or 1e-3)
     ctx = QuantContext(recipe=recipe, scheme=scheme, registry=registry, teacher=teacher, calib_data=calib_data,
                        train_data=train_data, workload=workload, progress=progress, train_lr=lr, loss_fn=loss_fn)
     result = method.apply(prepared, recipe, ctx)

@@ -1,4 +1,12 @@
-"""QuantContext: what a method's ``apply`` gets besides the prepared model and the recipe."""
+"""QuantContext: what a method's ``apply`` gets besides the prepared model and the recipe.
+
+This is the public method API (exported as ``quantplug.QuantContext``; docs/plugins.md): the data, the
+FP32 teacher, and the services a method composes: find the inserted quantizers
+(:meth:`~QuantContext.activation_quantizers`, :meth:`~QuantContext.weight_layers`), calibrate
+(:meth:`~QuantContext.calibrate`), fine-tune (:meth:`~QuantContext.finetune` with
+:meth:`~QuantContext.task_loss`), and record plain values in :attr:`~QuantContext.log`, which
+``quantplug quantize --output`` writes into metrics.json under ``"method_log"``.
+"""
 
 from __future__ import annotations
 
@@ -40,9 +48,52 @@ class QuantContext:
     log: dict[str, Any] = field(default_factory=dict)
 
     def calibrator(self, name: str | None = None) -> Any:
+        """The recipe's calibrator (or ``name``), configured from the recipe by its ``with_recipe``."""
         cal = self.registry.calibrator(name or self.recipe.calibrator)
-        with_recipe = getattr(cal, "with_recipe", None)
-        return with_recipe(self.recipe) if callable(with_recipe) else cal
+        return cal.with_recipe(self.recipe) if cal.with_recipe is not None else cal
+
+    @staticmethod
+    def activation_quantizers(model: nn.Module) -> list[Any]:
+        """Every activation quantizer ``prepare`` inserted (``quantplug.quant.quantizer.ActQuantizer``:
+        ``qname``, ``mode`` ``"observe"``/``"quant"``/``"dynamic"``, ``scale``, ``zero_point``,
+        ``quant_min``/``quant_max`` buffers), each once, in model order."""
+        from .prepare import act_quantizers
+
+        return list(act_quantizers(model))
+
+    @staticmethod
+    def weight_layers(model: nn.Module) -> list[nn.Module]:
+        """Every quantized layer (conv, linear, embedding wrapper): ``qname``, ``weight`` and its
+        ``weight_quant`` (``bits``, ``per_channel``, ``group_size``, ``clip_ratio``, ``scale(w)``)."""
+        from .prepare import weight_layers
+
+        return list(weight_layers(model))
+
+    def task_loss(self) -> Callable[[Any, Any], Any]:
+        """The task loss ``loss(outputs, labels)``: the caller's ``loss_fn``, else the workload's
+        ``loss``, else cross-entropy on the first output."""
+        if self.loss_fn is not None:
+            return self.loss_fn
+        loss = getattr(self.workload, "loss", None) if self.workload is not None else None
+        if loss is not None:
+            return loss  # type: ignore[no-any-return]
+        from .train import first_output
+
+        def cross_entropy(out: Any, labels: Any) -> Any:
+            import torch.nn.functional as F
+
+            return F.cross_entropy(first_output(out), labels)
+
+        return cross_entropy
+
+    def finetune(self, model: nn.Module, loss_fn: Callable[[Any, Any, Any], Any], desc: str | None = None) -> nn.Module:
+        """Fine-tune ``model`` (fake-quant) on the training data: ``recipe.qat_epochs`` epochs of Adam at
+        ``recipe.lr_scale`` x the training LR with a cosine decay, dropout off, divergence detection
+        (TrainingDivergedError). ``loss_fn(outputs, inputs, labels)``; labels may be None. The loss
+        history goes to ``log["train_loss"][desc]``."""
+        from .train import finetune
+
+        return finetune(model, self, loss_fn, desc or self.recipe.method)
 
     def calibration_batches(self) -> Iterable[Any]:
         data = self.calib_data() if callable(self.calib_data) else self.calib_data
@@ -57,7 +108,10 @@ class QuantContext:
         return self.train_data(epoch) if callable(self.train_data) else self.train_data
 
     def calibrate(self, model: nn.Module, calibrator: str | None = None) -> dict[str, Histogram]:
-        """Calibrate ``model``'s activations (one data pass, cached) with a calibrator."""
+        """Calibrate ``model``'s activation quantizers with the recipe's calibrator (or ``calibrator``):
+        one pass over ``recipe.calib_batches`` calibration batches collects a histogram per quantizer
+        (cached on the context, so a second calibrator costs no data pass), the calibrator's range is
+        set on each, and INT4 weight clipping is searched. Afterwards the quantizers quantize."""
         from .calibrate import apply_ranges, collect_histograms, compute_ranges, search_weight_clipping
 
         if self.histograms is None:

@@ -18,14 +18,12 @@ Settings beyond the recipe's standard fields live in ``recipe.extra`` (JSON roun
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from quantplug.errors import ConfigError
-from quantplug.quant.train import finetune, first_output
+from quantplug import ConfigError, QuantContext
 
 from .steps import DEFAULT_RATE, INITS, learned_steps
 
@@ -46,16 +44,6 @@ def lsq_settings(recipe: Any) -> tuple[Any, float]:
     return init, float(rate)
 
 
-def _task_loss(context: Any) -> Callable[[Any, Any], torch.Tensor]:
-    """The loss the user passed, else the workload's, else cross-entropy on the first output."""
-    if getattr(context, "loss_fn", None) is not None:
-        return context.loss_fn  # type: ignore[no-any-return]
-    workload = getattr(context, "workload", None)
-    if workload is not None and hasattr(workload, "loss"):
-        return workload.loss  # type: ignore[no-any-return]
-    return lambda out, labels: torch.nn.functional.cross_entropy(first_output(out), labels)
-
-
 @dataclass(frozen=True)
 class LsqMethod:
     """Learned step size quantization (Esser et al. 2020) as a QAT variant."""
@@ -67,10 +55,10 @@ class LsqMethod:
     needs_labels: bool = True
     needs_calibration: bool = True
 
-    def apply(self, model: torch.nn.Module, recipe: Any, context: Any) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, recipe: Any, context: QuantContext) -> torch.nn.Module:
         init, rate = lsq_settings(recipe)  # fail on a bad setting before any work
         context.calibrate(model)  # activation ranges, and the starting point of the steps
-        loss = _task_loss(context)
+        loss = context.task_loss()  # the caller's, else the workload's, else cross-entropy
 
         def loss_fn(out: Any, inputs: Any, labels: Any) -> torch.Tensor:
             if labels is None:
@@ -78,6 +66,6 @@ class LsqMethod:
             return loss(out, labels)
 
         with learned_steps(model, init, rate) as steps:
-            finetune(model, context, loss_fn, self.name)
+            context.finetune(model, loss_fn, self.name)
         context.log["lsq"] = {"init": init, "step_rate": rate, **steps.summary()}
         return model

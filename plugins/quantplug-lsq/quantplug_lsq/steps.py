@@ -43,8 +43,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from quantplug.errors import ConfigError
-from quantplug.quant.prepare import act_quantizers, weight_layers
+from quantplug import ConfigError, QuantContext
 
 from .ste import gradient_scale, lsq_fake_quant
 
@@ -154,9 +153,9 @@ class LearnedSteps:
             raise ConfigError(f"the model already has an attribute {ATTRIBUTE!r}; LSQ steps are attached once")
         self.model = model
         self.activations: list[tuple[Any, ActivationStep]] = [
-            (q, ActivationStep(q, init, rate)) for q in act_quantizers(model) if q.mode == "quant"
+            (q, ActivationStep(q, init, rate)) for q in QuantContext.activation_quantizers(model) if q.mode == "quant"
         ]
-        layers: list[Any] = weight_layers(model)
+        layers: list[Any] = QuantContext.weight_layers(model)
         self.weights: list[tuple[Any, WeightStep]] = [
             (layer, WeightStep(layer, init, rate)) for layer in layers if layer.weight_quant.enabled
         ]

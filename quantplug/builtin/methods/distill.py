@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from quantplug.quant.context import QuantContext
-from quantplug.quant.train import finetune, first_output
-
-from .static import task_loss
+from quantplug.quant.train import first_output
+from quantplug.registry import MethodCost
 
 __all__ = ["QadMethod", "distill_kind", "embedding_distill_loss", "logit_distill_loss"]
 
@@ -49,6 +48,9 @@ class QadMethod:
     needs_training_data: bool = True
     needs_labels: bool = False
     needs_calibration: bool = True
+    cost: MethodCost = MethodCost(3, "{epochs} epochs of distillation from the FP32 teacher at 1/10 of the training "
+                                     "learning rate (one extra teacher forward per step)",
+                                  "unlabeled inputs only (the FP32 model provides the targets)")
 
     def apply(self, model: torch.nn.Module, recipe: Any, context: QuantContext) -> torch.nn.Module:
         context.calibrate(model)
@@ -57,7 +59,7 @@ class QadMethod:
             p.requires_grad_(False)
         kind = distill_kind(recipe, context)
         alpha, temp = recipe.distill_alpha, recipe.distill_temperature
-        label_loss = task_loss(context)
+        label_loss = context.task_loss()
 
         def loss_fn(out: Any, inputs: tuple[torch.Tensor, ...], labels: Any) -> torch.Tensor:
             student = first_output(out)
@@ -70,4 +72,4 @@ class QadMethod:
                 loss = alpha * loss + (1 - alpha) * label_loss(out, labels)
             return loss
 
-        return finetune(model, context, loss_fn, "qad")
+        return context.finetune(model, loss_fn, "qad")

@@ -21,6 +21,7 @@ from quantplug.quant.fold import fold_bn_sequential
 from quantplug.quant.modules import QuantLinear
 from quantplug.quant.prepare import PrepareReport, layer_setting
 from quantplug.quant.quantizer import ActQuantizer, WeightQuantizer
+from quantplug.registry import MethodCost
 
 __all__ = ["DynamicMethod"]
 
@@ -32,6 +33,9 @@ class DynamicMethod:
     needs_training_data: bool = False
     needs_labels: bool = False
     needs_calibration: bool = False
+    cost: MethodCost = MethodCost(0, "none: weights are quantized offline, activation ranges are computed per batch "
+                                     "at run time (a little runtime overhead; only Linear/MatMul layers run in INT8)",
+                                  "no data at all")
 
     def prepare(self, model: nn.Module, recipe: Any, scheme: Any, example_inputs: Any = None) -> nn.Module:
         if scheme.activation_dtype != "uint8":

@@ -9,7 +9,7 @@ import torch
 
 from quantplug.errors import ConfigError
 from quantplug.quant.context import QuantContext
-from quantplug.quant.train import finetune, first_output
+from quantplug.registry import MethodCost
 
 __all__ = ["PtqMethod", "QatMethod", "task_loss"]
 
@@ -21,6 +21,9 @@ class PtqMethod:
     needs_training_data: bool = False
     needs_labels: bool = False
     needs_calibration: bool = True
+    calibration_only: bool = True  # apply is context.calibrate: tune shares one histogram pass
+    cost: MethodCost = MethodCost(1, "calibration only: about 128 batches of forward passes, seconds to minutes, "
+                                     "no training", "a few hundred unlabeled representative inputs")
 
     def apply(self, model: torch.nn.Module, recipe: Any, context: QuantContext) -> torch.nn.Module:
         context.calibrate(model)
@@ -28,11 +31,8 @@ class PtqMethod:
 
 
 def task_loss(context: QuantContext) -> Any:
-    if context.loss_fn is not None:
-        return context.loss_fn
-    if context.workload is not None and hasattr(context.workload, "loss"):
-        return context.workload.loss
-    return lambda out, labels: torch.nn.functional.cross_entropy(first_output(out), labels)
+    """The task loss (see :meth:`QuantContext.task_loss`)."""
+    return context.task_loss()
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class QatMethod:
     needs_training_data: bool = True
     needs_labels: bool = True
     needs_calibration: bool = True
+    cost: MethodCost = MethodCost(3, "{epochs} epochs of fine-tuning with fake-quant at 1/10 of the training "
+                                     "learning rate (about {epochs}x one training epoch)", "labelled training data")
 
     def apply(self, model: torch.nn.Module, recipe: Any, context: QuantContext) -> torch.nn.Module:
         context.calibrate(model)
@@ -52,4 +54,4 @@ class QatMethod:
                 raise ConfigError("qat needs labelled training data (inputs, labels); use qad for unlabelled data")
             return loss(out, labels)
 
-        return finetune(model, context, loss_fn, "qat")
+        return context.finetune(model, loss_fn, "qat")
