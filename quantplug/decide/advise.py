@@ -6,22 +6,25 @@ check each branch, and ``quantplug tune`` explains where its search went further
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..registry import MethodCost
 
 __all__ = [
-    "METHOD_COSTS",
+    "MIXED_COST",
+    "MethodCost",
     "RULES",
-    "STAGE_RANK",
     "Advice",
     "Rule",
     "Situation",
     "advise",
     "infer_model_kind",
+    "method_costs",
 ]
 
 Priority = Literal["accuracy", "speed"]
@@ -62,33 +65,35 @@ class Situation:
         return self.model_kind in ("transformer", "linear-heavy")
 
 
-@dataclass(frozen=True)
-class MethodCost:
-    """What choosing a method costs, in words and as a rank (cheaper first)."""
-
-    rank: int
-    cost: str
-    needs: str
-
-
-# The search ladder of `quantplug tune` uses the same ranks: a stage beyond the advised one is "further".
-METHOD_COSTS: dict[str, MethodCost] = {
-    "dynamic": MethodCost(0, "none: weights are quantized offline, activation ranges are computed per batch "
-                             "at run time (a little runtime overhead; only Linear/MatMul layers run in INT8)",
-                          "no data at all"),
-    "ptq": MethodCost(1, "calibration only: about 128 batches of forward passes, seconds to minutes, no training",
-                      "a few hundred unlabeled representative inputs"),
-    "mixed": MethodCost(2, "PTQ plus a per-layer sensitivity pass (one calibration per layer), then the most "
+# What each choice costs is declared by the method itself (``Method.cost``); "mixed" is not a method but
+# tune's per-layer fallback, so its cost is declared here. The ladder of `quantplug tune` uses the same
+# ranks: a stage beyond the advised one is "further".
+MIXED_COST = MethodCost(2, "PTQ plus a per-layer sensitivity pass (one calibration per layer), then the most "
                            "sensitive layers kept at higher precision: a larger model",
-                        "unlabeled inputs and a validation split"),
-    "qat": MethodCost(3, "{epochs} epochs of fine-tuning with fake-quant at 1/10 of the training learning rate "
-                         "(about {epochs}x one training epoch)",
-                      "labelled training data"),
-    "qad": MethodCost(3, "{epochs} epochs of distillation from the FP32 teacher at 1/10 of the training learning "
-                         "rate (one extra teacher forward per step)",
-                      "unlabeled inputs only (the FP32 model provides the targets)"),
-}
-STAGE_RANK = {name: c.rank for name, c in METHOD_COSTS.items()}
+                        "unlabeled inputs and a validation split")
+
+
+@functools.lru_cache(maxsize=1)
+def _default_costs() -> dict[str, MethodCost]:
+    from ..registry import build_registry
+
+    return method_costs(build_registry())
+
+
+def method_costs(registry: Any = None) -> dict[str, MethodCost]:
+    """Every registered method's declared :class:`MethodCost` by name, plus ``"mixed"``."""
+    if registry is None:
+        return _default_costs()
+    costs = {m.name: m.cost for m in registry.methods() if m.cost is not None}
+    return {**costs, "mixed": MIXED_COST}
+
+
+def __getattr__(name: str) -> Any:  # METHOD_COSTS / STAGE_RANK: computed from the registered methods
+    if name == "METHOD_COSTS":
+        return method_costs()
+    if name == "STAGE_RANK":
+        return {n: c.rank for n, c in method_costs().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,7 @@ def advise(
     else:  # pragma: no cover - the last rule always matches
         raise AssertionError("no rule matched")
     epochs = _epochs(situation)
-    cost = METHOD_COSTS[rule.choice]
+    cost = method_costs()[rule.choice]
     return Advice(
         choice=rule.choice,
         rule=rule.name,

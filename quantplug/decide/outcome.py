@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .advise import METHOD_COSTS, Advice
+from .advise import Advice, method_costs
 from .sensitivity import LayerSensitivity
 from .trials import Trial, format_trials
 
@@ -112,8 +112,9 @@ def explain(advice: Advice, trials: list[Trial], winner: Trial | None, max_drop:
     if winner is None:
         return f"{head}; no trial finished, so there is nothing to compare."
     stage = STAGE_OF.get(winner.stage, winner.stage)
-    rank = METHOD_COSTS.get(stage, METHOD_COSTS["qat"]).rank
-    advised = METHOD_COSTS[a.choice].rank
+    costs = method_costs()
+    rank = costs.get(stage, costs["qat"]).rank
+    advised = costs[a.choice].rank
     ptq = [t for t in trials if t.stage == "ptq" and t.drop is not None]
     ptq_best = min(ptq, key=lambda t: t.drop or 0.0) if ptq else None
     if not winner.within_budget:

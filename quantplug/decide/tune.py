@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import QuantplugError, TrainingDivergedError
 from ..recipe import LayerOverride, QuantRecipe
+from ..registry import Method
 from ..report.io import write_json_atomic
 from . import _engine
 from .advise import Situation, advise, infer_model_kind
@@ -180,11 +181,11 @@ class Tuner:
                 "trials": [t.to_dict() for t in self.trials]})
 
     # --- the ladder -----------------------------------------------------------------------------------
-    def _ptq_methods(self) -> list[Any]:
-        methods = [self.registry.method(n) for n in self.registry.names("methods")]
-        cal_only = [m for m in methods if not getattr(m, "needs_training_data", False)
-                    and getattr(m, "needs_calibration", True)]
-        return sorted(cal_only, key=lambda m: (m.name != "ptq", m.name))
+    def _ptq_methods(self) -> list[Method]:
+        """Methods that calibrate without training, those that share one histogram pass first, then by
+        their declared cost."""
+        cal_only = [m for m in self.registry.methods() if not m.needs_training_data and m.needs_calibration]
+        return sorted(cal_only, key=lambda m: (not m.calibration_only, _rank(m), m.name))
 
     def stage_ptq(self) -> Trial | None:
         base = self._base_recipe()
@@ -192,7 +193,7 @@ class Tuner:
         calibrators = self.registry.names("calibrators")
         for method in self._ptq_methods():
             shared: dict[str, Any] = {}
-            if method.name == "ptq":  # the built-in PTQ: every calibrator from ONE histogram pass
+            if method.calibration_only:  # apply is context.calibrate: every calibrator from ONE histogram pass
                 with self.deadline.armed():
                     started = time.perf_counter()
                     shared = _engine.compare_calibrators(self.model, base, self.data.calibration(
@@ -268,15 +269,13 @@ class Tuner:
             self.log(f"  {r.layer:<30} {r.kind:<10} drop {r.drop:+.2f}")
         return rows
 
-    def _training_methods(self) -> list[Any]:
+    def _training_methods(self) -> list[Method]:
         if not self.data.has_training:
             return []  # no training batches: QAT/QAD cannot run
-        methods = [self.registry.method(n) for n in self.registry.names("methods")]
-        trainers = [m for m in methods if getattr(m, "needs_training_data", False)
-                    and (self.has_labels or not getattr(m, "needs_labels", False))]
-        # Labelled data: QAT-like (label loss) first; otherwise distillation. Built-ins before plugins.
-        return sorted(trainers, key=lambda m: (not getattr(m, "needs_labels", False) if self.has_labels else 0,
-                                               m.name not in ("qat", "qad"), m.name))
+        trainers = [m for m in self.registry.methods() if m.needs_training_data
+                    and (self.has_labels or not m.needs_labels)]
+        # Labelled data: QAT-like (label loss) first; otherwise distillation. Then by declared cost.
+        return sorted(trainers, key=lambda m: (not m.needs_labels if self.has_labels else 0, _rank(m), m.name))
 
     def stage_train(self, ptq_best: Trial | None, fallbacks: list[Trial]) -> None:
         """QAT (labels) or QAD (no labels) from the best PTQ configuration, then from the last fallback."""
@@ -355,7 +354,7 @@ class Tuner:
         test: dict[str, Any] = {}
         if winner is not None and stopped != "interrupted":
             has_test = getattr(self.workload, "has_test_set", lambda: True)()
-            test = self._test_numbers(winner) if has_test and hasattr(self.workload, "test_set") else {}
+            test = self._test_numbers(winner) if has_test and getattr(self.workload, "test_set", None) is not None else {}
             metrics = self._metrics(winner)
             if test:
                 metrics.update({"fp32": {"onnxruntime": test["fp32_scores"]},
@@ -384,6 +383,11 @@ class Tuner:
         fp, q = float(fp_scores[self.metric]), float(q_scores[self.metric])
         return {"rows": int(tensors[0].shape[0]), "fp32": fp, "quantized": q, "drop": fp - q,
                 "fp32_scores": fp_scores, "quantized_scores": q_scores, "evaluated_with": _engine.SAVED_EVALUATOR}
+
+
+def _rank(method: Method) -> int:
+    """A method's declared cost rank (one without a declared cost goes after those with one)."""
+    return method.cost.rank if method.cost is not None else 99
 
 
 def tune(model: Any, workload: Any, options: TuneOptions, output: str | Path, *, registry: Any = None,
