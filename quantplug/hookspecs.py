@@ -79,8 +79,10 @@ def adjust_triton_config(config: Any, model_name: str, backend: str) -> None:
 def on_stage(stage: str, seconds: float, info: dict[str, Any]) -> None:
     """Observe a finished pipeline stage (for timing, logging or metrics).
 
-    Runs after each stage of the flow ends: ``"prepare"``, ``"calibrate"``, ``"method"``,
-    ``"export"``, ``"repository"``, ``"serve"``, ``"verify"``, ``"loadtest"``, ``"report"``.
+    Runs after each stage of the flow ends (:data:`quantplug.stages.STAGES`): ``"prepare"``,
+    ``"method"`` (which includes calibration), ``"export"``, ``"evaluate"``, ``"repository"``,
+    ``"serve"``, ``"verify"``, ``"loadtest"``, ``"report"``. ``quantplug quantize`` emits the first
+    four; the demo emits all of them.
     ``seconds`` is its wall time; ``info`` holds stage-specific plain values (e.g. the recipe as a
     dict, an output path). Must not modify ``info``. Return nothing.
     """

@@ -78,9 +78,10 @@ def _check_output_dir(output_dir: Path) -> None:
 
 
 def _emit(pm: Any, stage: str, seconds: float, info: dict[str, Any], stages: dict[str, float]) -> None:
+    from .stages import emit
+
     stages[stage] = round(seconds, 3)
-    if pm is not None:
-        pm.hook.on_stage(stage=stage, seconds=seconds, info=dict(info))
+    emit(pm, stage, seconds, info)
 
 
 def quantize_to_dir(source: Any, recipe: QuantRecipe, output_dir: str | os.PathLike[str], *,
