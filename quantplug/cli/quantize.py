@@ -70,11 +70,13 @@ def command(workload_name: str | None, model_spec: str | None, onnx_file: str | 
     registry.backend(recipe.target)
     given = {k: v for k, v in data_file.items() if v is not None}
     if onnx_file:
+        from typing import Any
+
         from ..onnx_in import OnnxWorkload
 
         if weights:
             raise ConfigError("--weights goes with --model; an ONNX file holds its own weights")
-        source = OnnxWorkload(onnx_file, data_spec)
+        source: Any = OnnxWorkload(onnx_file, data_spec)
     elif workload_name:
         if weights or data_spec or given or hf_output != "auto":
             raise ConfigError("--weights, --data, --hf-output and data file options go with --model, not --workload")
