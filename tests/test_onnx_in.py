@@ -231,3 +231,17 @@ def test_repo_add_takes_an_onnx_output_like_any_other(tiny_onnx: Path, tiny_data
     assert check_repository(tmp_path / "repo") == []
     config = (tmp_path / "repo" / "tiny_int8" / "config.pbtxt").read_text()
     assert '"image"' in config and '"scores"' in config
+
+
+def test_cli_onnx_with_an_npz_writes_the_output(tiny_onnx: Path, tiny_data: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    main(["quantize", "--onnx", str(tiny_onnx), "--data", str(tiny_data[0]), "--calib-batches", "1",
+          "--calib-batch-size", "32", "--output", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert f"wrote {out}" in captured.out
+    assert "data " in captured.err and "labels" in captured.err  # what was read and how it was split
+    assert json.loads((out / "recipe.json").read_text())["calib_batches"] == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["quantize", "--onnx", str(tiny_onnx), "--model", "x:y", "--output", str(tmp_path / "two")])
+    assert exc.value.code == 2 and "exactly one of" in capsys.readouterr().err
