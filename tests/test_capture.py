@@ -98,6 +98,7 @@ def test_hf_models_are_captured_and_run_in_integer(arch: str, registry, tmp_path
     coverage = integer_share(path, feeds)
     floats = [(layer.node, layer.op) for layer in coverage.layers if not layer.integer]
     assert coverage.share >= 0.9 and len(coverage.layers) >= 3, floats
+    assert all(layer.macs > 0 for layer in coverage.layers), coverage.layers
     fp32 = integer_share(export_fp32(model, one, tmp_path / "fp32.onnx", _names(example), ["logits"]), feeds)
     assert fp32.share == 0 and fp32.total_macs > 0
 
@@ -117,6 +118,22 @@ def test_captured_graph_exports_like_the_traced_one(registry, tmp_path: Path) ->
                                           if n.op_type not in ("ReduceSum", "Greater", "If", "Constant")))
     assert graphs[0] == graphs[1]
     assert integer_share(tmp_path / "Untraceable.onnx").share == 1.0
+
+
+def test_integer_share_counts_float_convs_on_dequantized_weights(registry, tmp_path: Path) -> None:
+    """Quantizing only layer inputs (the old fallback) leaves ONNX Runtime float convs on DQ(weight)."""
+    from quantplug.bench.zoo import _legacy_prepare
+    from quantplug.quant import api
+
+    example = (batches(1)[0],)
+    real, api.prepare = api.prepare, _legacy_prepare  # type: ignore[assignment]
+    try:
+        q = _ptq(Untraceable(), example, registry)
+    finally:
+        api.prepare = real  # type: ignore[assignment]
+    coverage = integer_share(export_qdq(q, (example[0][:1],), tmp_path / "old.onnx", registry=registry))
+    assert all(layer.macs > 0 for layer in coverage.layers)
+    assert 0 < coverage.share < 0.9 and any(not layer.integer for layer in coverage.layers)
 
 
 def test_captured_model_trains_and_copies(registry) -> None:

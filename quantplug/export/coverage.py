@@ -97,6 +97,9 @@ def _weights(model_path: Path) -> dict[str, list[int]]:
 
     proto = onnx.load(str(model_path), load_external_data=False)
     dims = {init.name: list(init.dims) for init in proto.graph.initializer}
+    for node in proto.graph.node:  # a float conv on a dequantized weight: the weight is DQ(initializer)
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in dims:
+            dims.setdefault(node.output[0], dims[node.input[0]])
     out: dict[str, list[int]] = {}
     for node in proto.graph.node:
         index = _WEIGHT_INPUT.get(node.op_type, 1)
@@ -161,7 +164,10 @@ def integer_share(path: str | os.PathLike[str], feeds: Mapping[str, np.ndarray] 
         ins = [_shape(e) for e in args.get("input_type_shape", [])]
         outs = [_shape(e) for e in args.get("output_type_shape", [])]
         node = name[: -len("_kernel_time")]
-        layers.append(LayerCoverage(node, op, op in INTEGER_OPS, int(_macs(op, ins, outs, weights.get(node)))))
+        weight = weights.get(node)
+        if weight is None and len(ins) > 1 and len(ins[1]) >= 2:  # a weight computed at run time
+            weight = ins[1]
+        layers.append(LayerCoverage(node, op, op in INTEGER_OPS, int(_macs(op, ins, outs, weight))))
     total = sum(layer.macs for layer in layers)
     integer = sum(layer.macs for layer in layers if layer.integer)
     return Coverage(integer, total, layers)
