@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.quantplug-installed
 PLUGIN_DISTS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint typecheck bench soak clean
 
 $(STAMP): pyproject.toml $(PLUGIN_DISTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,5 +30,9 @@ bench: install
 	$(BIN)/quantplug bench --output bench-results
 	$(BIN)/quantplug bench --zoo --output bench-results
 
+# 10 minutes at saturation on an INT8 model with malformed requests mixed in (not part of `make test`)
+soak: install
+	$(BIN)/quantplug soak --minutes 10 --output soak-results
+
 clean:
-	rm -rf $(VENV) model_repository/* .quantplug-cache bench-results
+	rm -rf $(VENV) model_repository/* .quantplug-cache bench-results soak-results
