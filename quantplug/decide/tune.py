@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import QuantplugError, TrainingDivergedError
 from ..recipe import LayerOverride, QuantRecipe
-from ..registry import Method
+from ..registry import Method, declared
 from ..report.io import write_json_atomic
 from . import _engine
 from .advise import Situation, advise, infer_model_kind
@@ -54,20 +54,20 @@ class Tuner:
         from ..registry import build_registry
 
         self.model = model.eval()
-        self.workload = workload
+        self.workload = declared("workloads", workload)  # optional members read as their declared defaults
         self.opt = options
         self.output = Path(output)
         self.registry = registry or build_registry()
         self.log = log
         self.on_trial = on_trial  # called after each trial, once its best-so-far files are saved
         self._fp32_written = False
-        self.metric = getattr(workload, "metric", "accuracy")
+        self.metric = self.workload.metric
         self.trials: list[Trial] = []
         self.best: Trial | None = None
         self.warnings: list[str] = []
         self.sensitivity: dict[str, list[LayerSensitivity]] = {}
         self.deadline = Deadline(None if options.time_budget_min is None else options.time_budget_min * 60)
-        self.has_labels = bool(getattr(workload, "has_labels", True))
+        self.has_labels = bool(self.workload.has_labels)
         self.fp_score = math.nan
         self.fp_size = 0
         self.calib_batches = options.calib_batches
