@@ -15,14 +15,21 @@ the serving path. When ``torch`` and ``runtime`` diverge beyond the tolerance, :
 runtime with every activation's QuantizeLinear output exposed and compares them, in graph order, with the
 fake-quant model's quantizer outputs (as integers), naming the first layer whose integers differ.
 
-Tolerance: the runtime may differ from the fake-quant model by at most half as much as quantization
-itself moved the model: ``mean |runtime - torch| <= 0.5 * mean |FP32 - torch|`` (``TOLERANCE``), a
-bound that needs no knowledge of the output's scale. Measured on this project's machines (AMD EPYC, AVX2
-only): mnist-resnet, exact kernels (7-bit weights) 0.00065 vs saturating (8-bit weights) 0.26 logits mean
-difference; random-init ResNet-18, whose logits differ by little between classes so that per-layer
-rounding shows most, exact 0.27x and saturating 1.56x of its quantization error. Without FP32 outputs
-(comparing two runs of one ONNX file, e.g. served vs in-process) the bound is 1% of the outputs' standard
-deviation (``SAME_MODEL_TOLERANCE``): those must agree up to float summation order.
+Tolerances, relative to the quantization error itself (``mean |FP32 - fake-quant|``), so they need no
+knowledge of the output's scale:
+
+- the runtime against the QDQ graph's own arithmetic (``TOLERANCE``, 0.5): its integer kernels must
+  compute what the graph defines. Saturating kernels break this (measured on an AVX2-only EPYC with
+  full 8-bit weights: mnist-resnet ~5x, random-init ResNet-18 1.56x); exact ones keep it (0.01x, 0.27x:
+  per-layer requantisation rounding);
+- the runtime against the fake-quant PyTorch model (``EXPORT_TOLERANCE``, 1.5): the exported graph may
+  round differently from PyTorch in float ops between quantizers (LayerNorm, GELU, softmax), and in a
+  deep transformer one-step differences compound (all-MiniLM-L6-v2: 1.03x, growing layer by layer with no
+  single layer at fault), but a model whose deployed error is far beyond its quantization error is not
+  the model that was calibrated and trained.
+
+Without FP32 outputs (comparing two runs of one ONNX file, e.g. served vs in-process) the bound is 1% of
+the outputs' standard deviation (``SAME_MODEL_TOLERANCE``): those must agree up to float summation order.
 """
 
 from __future__ import annotations
@@ -34,10 +41,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SAME_MODEL_TOLERANCE", "TOLERANCE", "Agreement", "LayerDivergence", "ParityReport", "check_parity", "compare",
+__all__ = ["EXPORT_TOLERANCE", "SAME_MODEL_TOLERANCE", "TOLERANCE", "Agreement", "LayerDivergence", "ParityReport", "check_parity", "compare",
            "compare_served", "localize", "run_onnx"]
 
-TOLERANCE = {"mean_rel": 0.5}  # of the quantization error (mean |FP32 - fake-quant|)
+TOLERANCE = {"mean_rel": 0.5}  # runtime vs QDQ reference, of the quantization error (mean |FP32 - fake-quant|)
+EXPORT_TOLERANCE = {"mean_rel": 1.5}  # runtime (or reference) vs fake-quant PyTorch, of the quantization error
 SAME_MODEL_TOLERANCE = {"mean_rel": 0.01, "max_rel": 0.05}  # of the outputs' std / range
 
 
@@ -119,8 +127,8 @@ class ParityReport:
 
     @property
     def ok(self) -> bool:
-        main = self.torch_vs_runtime or self.reference_vs_runtime
-        return main.within_tolerance
+        torch_ok = self.torch_vs_runtime is None or self.torch_vs_runtime.within_tolerance
+        return self.reference_vs_runtime.within_tolerance and torch_ok
 
     def cause(self) -> str:
         """A likely cause for a divergence, from where it shows."""
@@ -140,16 +148,18 @@ class ParityReport:
 
     def message(self) -> str:
         """One line: what diverged, where, and the likely cause."""
-        main = self.torch_vs_runtime or self.reference_vs_runtime
+        kernels_ok = self.reference_vs_runtime.within_tolerance
+        main = self.torch_vs_runtime if kernels_ok and self.torch_vs_runtime else self.reference_vs_runtime
+        limit = EXPORT_TOLERANCE if main is self.torch_vs_runtime else self.tolerance
         where = ""
         if self.first_divergence is not None:
             d = self.first_divergence
             where = (f"; first divergent layer {d.producer} ({d.producer_op}, quantizer {d.quantizer}: "
                      f"up to {d.max_steps} steps, {d.share_off:.1%} of values off)")
-        what = "the fake-quant model" if self.torch_vs_runtime is not None else "the QDQ graph's own arithmetic"
+        what = "the fake-quant model" if main is self.torch_vs_runtime else "the QDQ graph's own arithmetic"
         unit = "of the quantization error" if self.quantization_error is not None else "of the outputs' std"
         return (f"ONNX Runtime's outputs differ from {what} (mean abs {main.mean_abs:.4g}, max abs "
-                f"{main.max_abs:.4g}: {main.mean_rel:.0%} {unit}; tolerance {self.tolerance['mean_rel']:.0%})"
+                f"{main.max_abs:.4g}: {main.mean_rel:.0%} {unit}; tolerance {limit['mean_rel']:.0%})"
                 f"{where}; likely cause: {self.cause()}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,10 +234,13 @@ def check_parity(qmodel: Any, onnx_path: str | os.PathLike[str], inputs: dict[st
     if fp32_out is not None:
         err = float(np.abs(np.asarray(fp32_out[:len(quantized)], np.float64) - quantized).mean())
         err_head = float(np.abs(np.asarray(fp32_out[:k], np.float64) - quantized[:k]).mean())
+    export_tol = EXPORT_TOLERANCE if err is not None else None
     report = ParityReport(
-        torch_vs_reference=compare(torch_out[:k], reference, scale=err_head) if torch_out is not None else None,
+        torch_vs_reference=(compare(torch_out[:k], reference, scale=err_head, tolerance=export_tol)
+                            if torch_out is not None else None),
         reference_vs_runtime=compare(reference, runtime_out[:k], scale=err_head),
-        torch_vs_runtime=compare(torch_out, runtime_out, scale=err) if torch_out is not None else None,
+        torch_vs_runtime=(compare(torch_out, runtime_out, scale=err, tolerance=export_tol)
+                          if torch_out is not None else None),
         quantization_error=err,
         tolerance=dict(TOLERANCE if err is not None else SAME_MODEL_TOLERANCE),
         cpu=detect_cpu().to_dict(),

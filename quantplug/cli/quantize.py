@@ -33,7 +33,13 @@ from ._data_options import DATA_HELP, data_file_options
               help="QAT/QAD learning rate as a fraction of the model's training rate (default 0.1).")
 @click.option("--train-batch-size", type=int, help="QAT/QAD batch size (default 64).")
 @click.option("--seed", type=int, help="Seed for the model, data order and training.")
+@click.option("--cpu", type=click.Choice(["auto", "avx2", "avx512", "vnni", "amx", "arm"]),
+              help="The serving CPU's integer instructions (default auto: this machine). avx2/avx512 (no VNNI) "
+                   "get 7-bit weights, exact there and everywhere; vnni/amx keep full 8-bit weights.")
 @click.option("--output", "output", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--allow-divergence", is_flag=True,
+              help="Write the output even when ONNX Runtime's outputs differ from the fake-quant model beyond "
+                   "the parity tolerance (recorded in metrics.json 'parity').")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @data_file_options
 def command(workload_name: str | None, model_spec: str | None, onnx_file: str | None,
@@ -41,7 +47,8 @@ def command(workload_name: str | None, model_spec: str | None, onnx_file: str | 
             hf_output: str, recipe_file: str | None, method: str | None, calibrator: str | None,
             target: str | None, weight_bits: int | None, calib_batches: int | None, calib_batch_size: int | None,
             epochs: int | None, lr_scale: float | None, train_batch_size: int | None, seed: int | None,
-            output: str, quiet: bool, **data_file: object) -> None:
+            cpu: str | None, output: str, allow_divergence: bool, quiet: bool,
+            **data_file: object) -> None:
     """Quantize a workload (--workload) or your model (--model/--weights/--data) into OUTPUT:
     model.onnx (QDQ or dynamic), model_fp32.onnx, recipe.json and metrics.json.
 
@@ -61,7 +68,7 @@ def command(workload_name: str | None, model_spec: str | None, onnx_file: str | 
                                  "weight_bits": weight_bits, "calib_batches": calib_batches,
                                  "calib_batch_size": calib_batch_size,
                                  "qat_epochs": epochs, "lr_scale": lr_scale, "train_batch_size": train_batch_size,
-                                 "seed": seed}.items() if v is not None}
+                                 "seed": seed, "cpu": cpu}.items() if v is not None}
     recipe = recipe.replace(**changes)
     pm = get_plugin_manager()
     registry = build_registry(pm)
@@ -73,10 +80,14 @@ def command(workload_name: str | None, model_spec: str | None, onnx_file: str | 
         from typing import Any
 
         from ..onnx_in import OnnxWorkload
+        from ._data_options import file_options
 
-        if weights:
-            raise ConfigError("--weights goes with --model; an ONNX file holds its own weights")
-        source: Any = OnnxWorkload(onnx_file, data_spec)
+        if weights or hf_output != "auto":
+            raise ConfigError("--weights and --hf-output go with --model; an ONNX file holds its own weights")
+        source: Any = OnnxWorkload(onnx_file, data_spec, data_options=file_options(**given) if given else None)  # type: ignore[arg-type]
+        describe = getattr(source.data, "describe", None)
+        if callable(describe):
+            click.echo(describe(), err=True)
     elif workload_name:
         if weights or data_spec or given or hf_output != "auto":
             raise ConfigError("--weights, --data, --hf-output and data file options go with --model, not --workload")
@@ -93,7 +104,8 @@ def command(workload_name: str | None, model_spec: str | None, onnx_file: str | 
             click.echo(describe(), err=True)
     from ..pipeline import quantize_to_dir
 
-    result = quantize_to_dir(source, recipe, output, registry=registry, pm=pm, progress=not quiet)
+    result = quantize_to_dir(source, recipe, output, registry=registry, pm=pm, progress=not quiet,
+                             allow_divergence=allow_divergence)
     m = result.metrics
     summary: dict[str, object] = {k: m.get(k) for k in ("fp32", "quantized", "sizes", "quantize_seconds") if k in m}
     click.echo(f"wrote {result.output_dir} ({', '.join(sorted(p.name for p in result.output_dir.iterdir()))})")

@@ -89,7 +89,7 @@ def _act(name: str, recipe: QuantRecipe, scheme: Scheme) -> ActQuantizer:
                         recipe.histogram_bins)
 
 
-def _weight_quantizer(module: nn.Module, bits: int, recipe: QuantRecipe) -> WeightQuantizer:
+def _weight_quantizer(module: nn.Module, bits: int, recipe: QuantRecipe, scheme: Scheme) -> WeightQuantizer:
     w = module.weight  # type: ignore[union-attr]
     assert isinstance(w, torch.Tensor)
     group = None
@@ -98,7 +98,9 @@ def _weight_quantizer(module: nn.Module, bits: int, recipe: QuantRecipe) -> Weig
         group = recipe.group_size
     per_channel = recipe.granularity != "per-tensor" or isinstance(module, nn.Embedding)
     rows = w.numel() // group if group else (w.shape[0] if per_channel else 1)
-    return WeightQuantizer(bits, per_channel=per_channel, group_size=group, out_channels=rows)
+    # Embedding rows are looked up, never multiplied in integer kernels: they keep the full range.
+    qmax = None if isinstance(module, nn.Embedding) else scheme.weight_range(bits)
+    return WeightQuantizer(bits, per_channel=per_channel, group_size=group, out_channels=rows, qmax=qmax)
 
 
 class _Tracer(fx.Tracer):
@@ -118,7 +120,7 @@ def _swap(root: nn.Module, recipe: QuantRecipe, scheme: Scheme, report: PrepareR
         if bits is None:
             report.fp_layers.append(name)
             continue
-        wq = _weight_quantizer(module, bits, recipe)
+        wq = _weight_quantizer(module, bits, recipe, scheme)
         new: nn.Module
         if isinstance(module, nn.Embedding):
             new = QuantEmbedding.from_float(module, wq, name)

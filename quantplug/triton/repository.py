@@ -142,6 +142,9 @@ def _stage_model(
                           preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
                           instance_count=instance_count, warmup=warmup)
     impl.configure(config, flavour=flavour, kind=kind, threads=threads, options=options)
+    from .cpu_check import record_scheme
+
+    record_scheme(config, onnx_path, runs_here=flavour == "embedded")  # parameters + CPU mismatch warning
     if extra:
         try:
             json_format.ParseDict(extra, config)
