@@ -132,7 +132,10 @@ def _window_stats(t: Any, lo: float, hi: float) -> dict[str, Any]:
 
 
 def _mean_rss(samples: list[dict[str, Any]], lo: float, hi: float, key: str) -> float | None:
-    vals = [s[key] for s in samples if lo <= s["t"] < hi and s.get(key) is not None]
+    have = [s for s in samples if s.get(key) is not None]
+    vals = [s[key] for s in have if lo <= s["t"] < hi]
+    if not vals and have:  # a short window on a loaded machine may hold no sample: take the nearest one
+        vals = [min(have, key=lambda s: min(abs(s["t"] - lo), abs(s["t"] - hi)))[key]]
     return round(float(np.mean(vals)) / 2**20, 1) if vals else None
 
 

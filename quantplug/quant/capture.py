@@ -177,7 +177,7 @@ class _State:
 
     def quantize(self, key: str, t: torch.Tensor) -> torch.Tensor:
         q = self.sites.get(key)
-        if q is None:
+        if q is None or not t.is_floating_point():  # ids and masks are never activations to quantize
             return t
         self.hits.add(key)
         self.busy += 1
