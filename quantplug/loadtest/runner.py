@@ -10,7 +10,6 @@ SIGKILL and the run says so in its notes.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import signal
@@ -20,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import LoadTestError
 from .timings import DONE_FILE
@@ -62,14 +62,29 @@ class LocustRun:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
+# libc's prctl, looked up in the parent (resolve_prctl) before any fork: the child of a multi-threaded
+# process must not import modules or dlopen libraries between fork and exec (a lock held by another
+# thread at fork time never comes free there; a demo hung that way in Popen).
+_PRCTL: dict[str, Any] = {}
+
+
+def resolve_prctl() -> None:
+    if "prctl" in _PRCTL or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        _PRCTL["prctl"] = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        _PRCTL["prctl"] = None
+
+
 def _own_session() -> None:  # in the child: its own process group, and SIGKILL if this process dies
     os.setsid()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    prctl = _PRCTL.get("prctl")
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -153,6 +168,7 @@ def run_locust(
             log = folder / f"{name}.log"
             logs.append(log)
             # a signal between the fork and the append would orphan the child: hold it until it is listed
+            resolve_prctl()
             held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             try:
                 with open(log, "wb") as out:
