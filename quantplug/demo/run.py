@@ -219,7 +219,7 @@ def _tables(report: dict[str, Any]) -> str:
         f"(FP32 {int4['fp32_accuracy']['mean']:.2f}% ± {int4['fp32_accuracy']['std']:.2f})\n\n{small}\n"
         f"\nMachine: {report['machine'].get('cpu_model', '?')}, {report['machine'].get('logical_cores', '?')} cores, "
         f"INT8 features: {', '.join(report['machine'].get('int8_flags') or []) or 'none'}; the models were made for "
-        f"this CPU ({report['cpu']['isa']}: {report['cpu']['scheme']}). 'served = fake-quant': top-1 agreement of "
+        f"this CPU ({report['cpu']['scheme']}). 'served = fake-quant': top-1 agreement of "
         "the served model with the PyTorch fake-quant model on the held-out set. "
         "TensorRT on a GPU: not measured here (no TensorRT in this environment).\n"
     )
