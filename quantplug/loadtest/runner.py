@@ -19,8 +19,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ..childproc import die_with_parent, resolve_prctl
 from ..errors import LoadTestError
 from .timings import DONE_FILE
 
@@ -62,29 +62,10 @@ class LocustRun:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-# libc's prctl, looked up in the parent (resolve_prctl) before any fork: the child of a multi-threaded
-# process must not import modules or dlopen libraries between fork and exec (a lock held by another
-# thread at fork time never comes free there; a demo hung that way in Popen).
-_PRCTL: dict[str, Any] = {}
-
-
-def resolve_prctl() -> None:
-    if "prctl" in _PRCTL or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        _PRCTL["prctl"] = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except OSError:
-        _PRCTL["prctl"] = None
-
-
 def _own_session() -> None:  # in the child: its own process group, and SIGKILL if this process dies
     os.setsid()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    prctl = _PRCTL.get("prctl")
-    if prctl is not None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent(signal.SIGKILL)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

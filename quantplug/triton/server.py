@@ -48,6 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..childproc import die_with_parent, resolve_prctl
 from ..errors import ServerError
 from ..workdirs import add_owner, clean_stale, make_workdir
 
@@ -107,28 +108,9 @@ def _is_noise(line: str) -> bool:
     return (not text or text[0] in "+|" or (text.split("#", 1)[0].isdigit() and "#" in text[:6]))
 
 
-# libc's prctl, looked up in the parent (resolve_prctl) before any fork: the child of a multi-threaded
-# process must not import modules or dlopen libraries between fork and exec (a lock held by another
-# thread at fork time never comes free there; a demo hung that way in Popen).
-_PRCTL: dict[str, Any] = {}
-
-
-def resolve_prctl() -> None:
-    if "prctl" in _PRCTL or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        _PRCTL["prctl"] = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except OSError:
-        _PRCTL["prctl"] = None
-
-
 def _set_pdeathsig() -> None:  # runs in the child: new session, and die with the parent on Linux
     os.setsid()
-    prctl = _PRCTL.get("prctl")
-    if prctl is not None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent(signal.SIGTERM)
 
 
 class TritonServer:
